@@ -1,1 +1,94 @@
-//! placeholder
+//! Certificate authority backends for the EST server.
+//!
+//! One async trait, [`CaBackend`], stands between the server's enrollment
+//! path and whatever actually signs certificates. It knows nothing of HTTP:
+//! errors are [`CaError`] kinds that the server maps to statuses.
+//!
+//! * [`local::LocalCa`] — a root + issuing CA held in files on this host,
+//!   exposed per label through [`local::LocalCaBackend`] with a [`Profile`].
+//!
+//! Room is left for more (AWS IoT, an upstream EST server as RA, keys in a
+//! PKCS#11 token) without touching the server.
+
+pub mod local;
+pub mod profile;
+mod x509;
+
+use std::time::SystemTime;
+
+use est_wire::csr::Csr;
+use x509_cert::Certificate;
+
+pub use profile::Profile;
+
+/// A request to issue one certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct IssueRequest<'a> {
+    /// The verified certification request.
+    pub csr: &'a Csr,
+    /// The certificate being renewed, when this is a re-enrollment.
+    pub renewal_of: Option<&'a Certificate>,
+}
+
+/// A certificate the backend has issued.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    /// The certificate.
+    pub certificate: Certificate,
+    /// Its DER encoding.
+    pub der: Vec<u8>,
+    /// Serial number as lower-case hex without leading zeros.
+    pub serial_hex: String,
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+    /// A backend-specific handle (an AWS certificate id, say), if any.
+    pub backend_ref: Option<String>,
+}
+
+/// Why a backend could not issue. Each kind maps to one EST answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CaError {
+    /// The request breaks the backend's policy; the text is for the client (400).
+    #[error("{0}")]
+    Rejected(String),
+    /// The request was accepted but awaits a decision; ask again later (202).
+    #[error("the request is pending; retry in {retry_after_secs} s")]
+    Pending {
+        /// Seconds the client should wait.
+        retry_after_secs: u32,
+    },
+    /// The backend is temporarily unreachable (503); details are for the log only.
+    #[error("CA backend unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else that went wrong inside the backend (500); for the log only.
+    #[error("CA backend failure: {0}")]
+    Internal(String),
+}
+
+/// A certificate authority that can serve one EST label.
+#[async_trait::async_trait]
+pub trait CaBackend: Send + Sync {
+    /// Short name for logs (`local`, `aws-iot`, …).
+    fn kind(&self) -> &'static str;
+
+    /// The CA certificates served by `/cacerts`: issuing CA first, root last.
+    async fn ca_certs(&self) -> Result<Vec<Certificate>, CaError>;
+
+    /// Issues a certificate for a verified CSR.
+    async fn issue(&self, request: IssueRequest<'_>) -> Result<IssuedCertificate, CaError>;
+}
+
+/// Serial number bytes as lower-case hex without leading zero bytes.
+pub fn serial_hex(certificate: &Certificate) -> String {
+    hex_of(certificate.tbs_certificate.serial_number.as_bytes())
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    let trimmed: &[u8] = match bytes.iter().position(|b| *b != 0) {
+        Some(first) => &bytes[first..],
+        None => &bytes[bytes.len().saturating_sub(1)..],
+    };
+    trimmed.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -16,6 +16,7 @@
 pub mod body;
 pub mod csr;
 pub mod csrattrs;
+pub mod keys;
 pub mod media;
 pub mod pem;
 pub mod pkcs7;

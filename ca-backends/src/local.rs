@@ -1,0 +1,410 @@
+//! A local certificate authority: a root and an issuing CA kept in files.
+//!
+//! On first start [`LocalCa::open_or_create`] makes a self-signed root and an
+//! issuing CA signed by it (EC P-256 by default), writing each private key to
+//! a file created with mode 0600 in a directory created with mode 0700. Later
+//! starts load the same files. Device certificates are signed by the issuing
+//! CA; `/cacerts` serves issuing CA + root.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use der::{Decode, Encode};
+use est_wire::keys::{KeyAlgorithm, SigningKey};
+use est_wire::pem;
+use flagset::FlagSet;
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::KeyUsages;
+use x509_cert::name::Name;
+use x509_cert::Certificate;
+
+use crate::x509::{build_and_sign, key_identifier, CertificateSpec};
+use crate::{serial_hex, CaBackend, CaError, IssueRequest, IssuedCertificate, Profile};
+
+const ROOT_KEY: &str = "root-ca.key";
+const ROOT_CERT: &str = "root-ca.pem";
+const ISSUING_KEY: &str = "issuing-ca.key";
+const ISSUING_CERT: &str = "issuing-ca.pem";
+
+/// How a new local CA is made (ignored when its files already exist).
+#[derive(Debug, Clone)]
+pub struct LocalCaOptions {
+    /// Key algorithm of both CA keys.
+    pub key_algorithm: KeyAlgorithm,
+    /// Subject of the root, e.g. `CN=EST Root CA`.
+    pub root_subject: String,
+    /// Subject of the issuing CA.
+    pub issuing_subject: String,
+    /// Lifetime of the root.
+    pub root_validity: Duration,
+    /// Lifetime of the issuing CA.
+    pub issuing_validity: Duration,
+}
+
+impl Default for LocalCaOptions {
+    fn default() -> Self {
+        Self {
+            key_algorithm: KeyAlgorithm::EcP256,
+            root_subject: "CN=EST Root CA,O=est-server".into(),
+            issuing_subject: "CN=EST Issuing CA,O=est-server".into(),
+            root_validity: Duration::from_secs(20 * 365 * 24 * 3600),
+            issuing_validity: Duration::from_secs(10 * 365 * 24 * 3600),
+        }
+    }
+}
+
+/// A root + issuing CA pair loaded from (or created in) a directory.
+pub struct LocalCa {
+    dir: PathBuf,
+    root: Certificate,
+    issuing: Certificate,
+    issuing_key: SigningKey,
+    issuing_key_id: Vec<u8>,
+}
+
+impl std::fmt::Debug for LocalCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCa")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalCa {
+    /// Loads the CA in `dir`, creating it first if `dir` holds no CA.
+    pub fn open_or_create(dir: &Path, options: &LocalCaOptions) -> Result<Self, CaError> {
+        if dir.join(ISSUING_CERT).exists() {
+            return Self::open(dir);
+        }
+        Self::create(dir, options)?;
+        Self::open(dir)
+    }
+
+    /// Loads an existing CA from `dir`.
+    pub fn open(dir: &Path) -> Result<Self, CaError> {
+        let root = read_certificate(&dir.join(ROOT_CERT))?;
+        let issuing = read_certificate(&dir.join(ISSUING_CERT))?;
+        let key_path = dir.join(ISSUING_KEY);
+        let key_pem = fs::read(&key_path).map_err(|e| io_error(&key_path, e))?;
+        let issuing_key = SigningKey::from_pkcs8_pem(&key_pem)
+            .map_err(|e| CaError::Internal(format!("{}: {e}", key_path.display())))?;
+        if issuing_key.public_key_info() != issuing.tbs_certificate.subject_public_key_info {
+            return Err(CaError::Internal(format!(
+                "{} does not belong to {}",
+                key_path.display(),
+                dir.join(ISSUING_CERT).display()
+            )));
+        }
+        let issuing_key_id = key_identifier(&issuing.tbs_certificate.subject_public_key_info);
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            root,
+            issuing,
+            issuing_key,
+            issuing_key_id,
+        })
+    }
+
+    fn create(dir: &Path, options: &LocalCaOptions) -> Result<(), CaError> {
+        create_private_dir(dir)?;
+        let now = SystemTime::now();
+        let root_key = SigningKey::generate(options.key_algorithm)
+            .map_err(|e| CaError::Internal(e.to_string()))?;
+        let root_name = parse_name(&options.root_subject)?;
+        let root = build_and_sign(
+            CertificateSpec {
+                subject: root_name.clone(),
+                public_key: root_key.public_key_info(),
+                not_before: now - Duration::from_secs(60),
+                not_after: now + options.root_validity,
+                key_usage: KeyUsages::KeyCertSign | KeyUsages::CRLSign,
+                extended_key_usage: vec![],
+                subject_alt_names: vec![],
+                ca_path_len: Some(None),
+                issuer: &root_name,
+                issuer_key_id: None,
+            },
+            &root_key,
+        )?;
+        let issuing_key = SigningKey::generate(options.key_algorithm)
+            .map_err(|e| CaError::Internal(e.to_string()))?;
+        let root_key_id = key_identifier(&root.tbs_certificate.subject_public_key_info);
+        let issuing = build_and_sign(
+            CertificateSpec {
+                subject: parse_name(&options.issuing_subject)?,
+                public_key: issuing_key.public_key_info(),
+                not_before: now - Duration::from_secs(60),
+                not_after: now + options.issuing_validity.min(options.root_validity),
+                key_usage: KeyUsages::KeyCertSign | KeyUsages::CRLSign,
+                extended_key_usage: vec![],
+                subject_alt_names: vec![],
+                // pathlen 1 leaves room for an Edge CA (pathlen 0) below the issuing CA.
+                ca_path_len: Some(Some(1)),
+                issuer: &root_name,
+                issuer_key_id: Some(&root_key_id),
+            },
+            &root_key,
+        )?;
+        write_private(&dir.join(ROOT_KEY), root_key.to_pkcs8_pem().as_bytes())?;
+        write_private(&dir.join(ISSUING_KEY), issuing_key.to_pkcs8_pem().as_bytes())?;
+        write_public(&dir.join(ROOT_CERT), pem::certificate_to_pem(&root).as_bytes())?;
+        // Written last: its presence marks a complete CA.
+        write_public(
+            &dir.join(ISSUING_CERT),
+            pem::certificate_to_pem(&issuing).as_bytes(),
+        )?;
+        tracing::info!(dir = %dir.display(), "created local CA");
+        Ok(())
+    }
+
+    /// The self-signed root.
+    pub fn root(&self) -> &Certificate {
+        &self.root
+    }
+
+    /// The CA that signs device certificates.
+    pub fn issuing(&self) -> &Certificate {
+        &self.issuing
+    }
+
+    /// Issuing CA then root, as served by `/cacerts`.
+    pub fn chain(&self) -> Vec<Certificate> {
+        vec![self.issuing.clone(), self.root.clone()]
+    }
+
+    /// Issues a certificate for `public_key` under `profile`. `requested_sans`
+    /// are filtered by the profile; the subject is taken as given.
+    pub fn issue(
+        &self,
+        subject: &Name,
+        public_key: &SubjectPublicKeyInfoOwned,
+        requested_sans: &[GeneralName],
+        profile: &Profile,
+    ) -> Result<IssuedCertificate, CaError> {
+        let now = SystemTime::now();
+        let issuer_not_after = self.issuing.tbs_certificate.validity.not_after.to_system_time();
+        let not_after = (now + profile.validity).min(issuer_not_after);
+        let not_before = now - profile.backdate;
+        let (key_usage, ca_path_len) = if profile.subordinate_ca {
+            (
+                FlagSet::from(KeyUsages::KeyCertSign)
+                    | KeyUsages::CRLSign
+                    | KeyUsages::DigitalSignature,
+                Some(Some(0)),
+            )
+        } else {
+            let mut flags = FlagSet::<KeyUsages>::default();
+            for usage in &profile.key_usage {
+                flags |= usage.flag();
+            }
+            (flags, None)
+        };
+        let subject_alt_names: Vec<GeneralName> = requested_sans
+            .iter()
+            .filter(|name| profile.copies(name))
+            .cloned()
+            .collect();
+        let certificate = build_and_sign(
+            CertificateSpec {
+                subject: subject.clone(),
+                public_key: public_key.clone(),
+                not_before,
+                not_after,
+                key_usage,
+                extended_key_usage: profile.extended_key_usage_oids(),
+                subject_alt_names,
+                ca_path_len,
+                issuer: &self.issuing.tbs_certificate.subject,
+                issuer_key_id: Some(&self.issuing_key_id),
+            },
+            &self.issuing_key,
+        )?;
+        let der = certificate
+            .to_der()
+            .map_err(|e| CaError::Internal(e.to_string()))?;
+        Ok(IssuedCertificate {
+            serial_hex: serial_hex(&certificate),
+            not_before: certificate.tbs_certificate.validity.not_before.to_system_time(),
+            not_after: certificate.tbs_certificate.validity.not_after.to_system_time(),
+            certificate,
+            der,
+            backend_ref: None,
+        })
+    }
+}
+
+/// A [`LocalCa`] serving one label with one [`Profile`].
+#[derive(Debug, Clone)]
+pub struct LocalCaBackend {
+    ca: Arc<LocalCa>,
+    profile: Profile,
+}
+
+impl LocalCaBackend {
+    /// Serves `ca` with `profile`.
+    pub fn new(ca: Arc<LocalCa>, profile: Profile) -> Self {
+        Self { ca, profile }
+    }
+}
+
+#[async_trait::async_trait]
+impl CaBackend for LocalCaBackend {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    async fn ca_certs(&self) -> Result<Vec<Certificate>, CaError> {
+        Ok(self.ca.chain())
+    }
+
+    async fn issue(&self, request: IssueRequest<'_>) -> Result<IssuedCertificate, CaError> {
+        // Signing is a few tens of microseconds; not worth a thread hop.
+        self.ca.issue(
+            request.csr.subject(),
+            request.csr.public_key(),
+            request.csr.subject_alt_names(),
+            &self.profile,
+        )
+    }
+}
+
+/// Parses an RFC 4514 name such as `CN=EST Root CA,O=Example`.
+pub fn parse_name(text: &str) -> Result<Name, CaError> {
+    use std::str::FromStr;
+    Name::from_str(text).map_err(|e| CaError::Internal(format!("bad subject `{text}`: {e}")))
+}
+
+fn read_certificate(path: &Path) -> Result<Certificate, CaError> {
+    let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
+    let (_, der) =
+        pem::decode(&bytes).map_err(|e| CaError::Internal(format!("{}: {e}", path.display())))?;
+    Certificate::from_der(&der).map_err(|e| CaError::Internal(format!("{}: {e}", path.display())))
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), CaError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io_error(dir, e))
+}
+
+/// Writes a secret: the file is created with mode 0600 and must not exist yet.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io_error(path, e))?;
+    file.write_all(bytes).map_err(|e| io_error(path, e))?;
+    file.sync_all().map_err(|e| io_error(path, e))
+}
+
+fn write_public(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
+    let mut file = fs::File::create(path).map_err(|e| io_error(path, e))?;
+    file.write_all(bytes).map_err(|e| io_error(path, e))?;
+    file.sync_all().map_err(|e| io_error(path, e))
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> CaError {
+    CaError::Internal(format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use est_wire::csr::Csr;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn csr(name: &str) -> Csr {
+        let path = format!("{}/../est-wire/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
+        Csr::from_der(&fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn creates_keys_0600_and_reloads_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("ca");
+        let ca = LocalCa::open_or_create(&ca_dir, &LocalCaOptions::default()).unwrap();
+        for key in [ROOT_KEY, ISSUING_KEY] {
+            let mode = fs::metadata(ca_dir.join(key)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{key}");
+        }
+        let dir_mode = fs::metadata(&ca_dir).unwrap().permissions().mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        let again = LocalCa::open_or_create(&ca_dir, &LocalCaOptions::default()).unwrap();
+        assert_eq!(again.root(), ca.root());
+        assert_eq!(again.issuing(), ca.issuing());
+    }
+
+    #[tokio::test]
+    async fn profile_decides_extensions_not_the_csr() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(LocalCa::open_or_create(dir.path(), &LocalCaOptions::default()).unwrap());
+        let profile = Profile {
+            copy_san: vec![crate::profile::SanKind::Dns],
+            ..Profile::default()
+        };
+        let backend = LocalCaBackend::new(ca.clone(), profile);
+        let request = csr("p256-ca-request.csr.der");
+        let issued = backend
+            .issue(IssueRequest {
+                csr: &request,
+                renewal_of: None,
+            })
+            .await
+            .unwrap();
+        let exts = issued.certificate.tbs_certificate.extensions.unwrap();
+        let bc = exts
+            .iter()
+            .find(|e| e.extn_id == const_oid::db::rfc5912::ID_CE_BASIC_CONSTRAINTS)
+            .unwrap();
+        let bc = x509_cert::ext::pkix::BasicConstraints::from_der(bc.extn_value.as_bytes()).unwrap();
+        assert!(!bc.ca, "CSR asked for CA:true, profile says no");
+
+        let with_sans = csr("p256.csr.der");
+        let issued = backend
+            .issue(IssueRequest {
+                csr: &with_sans,
+                renewal_of: None,
+            })
+            .await
+            .unwrap();
+        let exts = issued.certificate.tbs_certificate.extensions.unwrap();
+        let san = exts
+            .iter()
+            .find(|e| e.extn_id == const_oid::db::rfc5912::ID_CE_SUBJECT_ALT_NAME)
+            .unwrap();
+        let san = x509_cert::ext::pkix::SubjectAltName::from_der(san.extn_value.as_bytes()).unwrap();
+        assert_eq!(san.0.len(), 1, "only the DNS name is copied");
+        assert_eq!(issued.serial_hex.len(), 32);
+        assert_eq!(
+            issued.certificate.tbs_certificate.issuer,
+            ca.issuing().tbs_certificate.subject
+        );
+    }
+
+    #[test]
+    fn serials_are_random_and_positive() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = LocalCa::open_or_create(dir.path(), &LocalCaOptions::default()).unwrap();
+        let request = csr("p256.csr.der");
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let issued = ca
+                .issue(request.subject(), request.public_key(), &[], &Profile::default())
+                .unwrap();
+            let bytes = issued.certificate.tbs_certificate.serial_number.as_bytes().to_vec();
+            assert_eq!(bytes.len(), 16);
+            assert!(bytes[0] & 0x80 == 0 && bytes[0] != 0);
+            assert!(seen.insert(bytes));
+        }
+    }
+}

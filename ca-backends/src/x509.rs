@@ -1,0 +1,165 @@
+//! Building and signing X.509 certificates from derived RustCrypto types.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use const_oid::AssociatedOid;
+use der::asn1::{BitString, GeneralizedTime, OctetString, UtcTime};
+use der::Encode;
+use est_wire::keys::SigningKey;
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::certificate::{TbsCertificate, Version};
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
+    SubjectAltName, SubjectKeyIdentifier,
+};
+use x509_cert::ext::Extension;
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::{Time, Validity};
+use x509_cert::Certificate;
+
+use crate::CaError;
+
+/// What goes into one certificate, before signing.
+pub(crate) struct CertificateSpec<'a> {
+    pub subject: Name,
+    pub public_key: SubjectPublicKeyInfoOwned,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub key_usage: flagset::FlagSet<KeyUsages>,
+    pub extended_key_usage: Vec<const_oid::ObjectIdentifier>,
+    pub subject_alt_names: Vec<GeneralName>,
+    /// `Some(path_len)` for a CA certificate.
+    pub ca_path_len: Option<Option<u8>>,
+    pub issuer: &'a Name,
+    /// `None` for a self-signed certificate (the key identifier is then the subject's own).
+    pub issuer_key_id: Option<&'a [u8]>,
+}
+
+/// Builds the certificate described by `spec` and signs it with `signer`.
+pub(crate) fn build_and_sign(
+    spec: CertificateSpec<'_>,
+    signer: &SigningKey,
+) -> Result<Certificate, CaError> {
+    let subject_key_id = key_identifier(&spec.public_key);
+    let authority_key_id = spec.issuer_key_id.unwrap_or(&subject_key_id).to_vec();
+
+    let mut extensions = Vec::new();
+    let basic_constraints = match spec.ca_path_len {
+        Some(path_len_constraint) => BasicConstraints {
+            ca: true,
+            path_len_constraint,
+        },
+        None => BasicConstraints {
+            ca: false,
+            path_len_constraint: None,
+        },
+    };
+    extensions.push(extension(&basic_constraints, true)?);
+    extensions.push(extension(&KeyUsage(spec.key_usage), true)?);
+    if !spec.extended_key_usage.is_empty() {
+        extensions.push(extension(
+            &ExtendedKeyUsage(spec.extended_key_usage.clone()),
+            false,
+        )?);
+    }
+    if !spec.subject_alt_names.is_empty() {
+        // RFC 5280 §4.2.1.6: critical when the subject is empty.
+        let critical = spec.subject.0.is_empty();
+        extensions.push(extension(
+            &SubjectAltName(spec.subject_alt_names.clone()),
+            critical,
+        )?);
+    }
+    extensions.push(extension(
+        &SubjectKeyIdentifier(octets(subject_key_id)?),
+        false,
+    )?);
+    extensions.push(extension(
+        &AuthorityKeyIdentifier {
+            key_identifier: Some(octets(authority_key_id)?),
+            authority_cert_issuer: None,
+            authority_cert_serial_number: None,
+        },
+        false,
+    )?);
+
+    let tbs_certificate = TbsCertificate {
+        version: Version::V3,
+        serial_number: random_serial()?,
+        signature: signer.signature_algorithm(),
+        issuer: spec.issuer.clone(),
+        validity: Validity {
+            not_before: x509_time(spec.not_before)?,
+            not_after: x509_time(spec.not_after)?,
+        },
+        subject: spec.subject,
+        subject_public_key_info: spec.public_key,
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: Some(extensions),
+    };
+    let tbs_der = tbs_certificate.to_der().map_err(internal)?;
+    let signature = signer
+        .sign(&tbs_der)
+        .map_err(|e| CaError::Internal(e.to_string()))?;
+    Ok(Certificate {
+        tbs_certificate,
+        signature_algorithm: signer.signature_algorithm(),
+        signature: BitString::from_bytes(&signature).map_err(internal)?,
+    })
+}
+
+/// RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits.
+pub(crate) fn key_identifier(public_key: &SubjectPublicKeyInfoOwned) -> Vec<u8> {
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        public_key.subject_public_key.raw_bytes(),
+    );
+    digest.as_ref().to_vec()
+}
+
+/// A random positive 16-byte serial number (127 random bits; the top bit is
+/// cleared to keep it positive and the first byte non-zero to keep 16 bytes).
+fn random_serial() -> Result<SerialNumber, CaError> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| CaError::Internal("no randomness".into()))?;
+    bytes[0] &= 0x7f;
+    if bytes[0] == 0 {
+        bytes[0] = 0x01;
+    }
+    SerialNumber::new(&bytes).map_err(internal)
+}
+
+/// UTCTime until 2049, GeneralizedTime from 2050 on (RFC 5280 §4.1.2.5).
+fn x509_time(at: SystemTime) -> Result<Time, CaError> {
+    const YEAR_2050: Duration = Duration::from_secs(2_524_608_000);
+    let since_epoch = at.duration_since(UNIX_EPOCH).map_err(internal)?;
+    let whole_seconds = Duration::from_secs(since_epoch.as_secs());
+    if whole_seconds < YEAR_2050 {
+        Ok(Time::UtcTime(
+            UtcTime::from_unix_duration(whole_seconds).map_err(internal)?,
+        ))
+    } else {
+        Ok(Time::GeneralTime(
+            GeneralizedTime::from_unix_duration(whole_seconds).map_err(internal)?,
+        ))
+    }
+}
+
+fn extension<T: AssociatedOid + Encode>(value: &T, critical: bool) -> Result<Extension, CaError> {
+    Ok(Extension {
+        extn_id: T::OID,
+        critical,
+        extn_value: octets(value.to_der().map_err(internal)?)?,
+    })
+}
+
+fn octets(bytes: Vec<u8>) -> Result<OctetString, CaError> {
+    OctetString::new(bytes).map_err(internal)
+}
+
+fn internal(e: impl std::fmt::Display) -> CaError {
+    CaError::Internal(e.to_string())
+}
