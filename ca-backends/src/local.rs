@@ -150,8 +150,14 @@ impl LocalCa {
             &root_key,
         )?;
         write_private(&dir.join(ROOT_KEY), root_key.to_pkcs8_pem().as_bytes())?;
-        write_private(&dir.join(ISSUING_KEY), issuing_key.to_pkcs8_pem().as_bytes())?;
-        write_public(&dir.join(ROOT_CERT), pem::certificate_to_pem(&root).as_bytes())?;
+        write_private(
+            &dir.join(ISSUING_KEY),
+            issuing_key.to_pkcs8_pem().as_bytes(),
+        )?;
+        write_public(
+            &dir.join(ROOT_CERT),
+            pem::certificate_to_pem(&root).as_bytes(),
+        )?;
         // Written last: its presence marks a complete CA.
         write_public(
             &dir.join(ISSUING_CERT),
@@ -186,7 +192,12 @@ impl LocalCa {
         profile: &Profile,
     ) -> Result<IssuedCertificate, CaError> {
         let now = SystemTime::now();
-        let issuer_not_after = self.issuing.tbs_certificate.validity.not_after.to_system_time();
+        let issuer_not_after = self
+            .issuing
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_system_time();
         let not_after = (now + profile.validity).min(issuer_not_after);
         let not_before = now - profile.backdate;
         let (key_usage, ca_path_len) = if profile.subordinate_ca {
@@ -228,8 +239,16 @@ impl LocalCa {
             .map_err(|e| CaError::Internal(e.to_string()))?;
         Ok(IssuedCertificate {
             serial_hex: serial_hex(&certificate),
-            not_before: certificate.tbs_certificate.validity.not_before.to_system_time(),
-            not_after: certificate.tbs_certificate.validity.not_after.to_system_time(),
+            not_before: certificate
+                .tbs_certificate
+                .validity
+                .not_before
+                .to_system_time(),
+            not_after: certificate
+                .tbs_certificate
+                .validity
+                .not_after
+                .to_system_time(),
             certificate,
             der,
             backend_ref: None,
@@ -366,7 +385,8 @@ mod tests {
             .iter()
             .find(|e| e.extn_id == const_oid::db::rfc5912::ID_CE_BASIC_CONSTRAINTS)
             .unwrap();
-        let bc = x509_cert::ext::pkix::BasicConstraints::from_der(bc.extn_value.as_bytes()).unwrap();
+        let bc =
+            x509_cert::ext::pkix::BasicConstraints::from_der(bc.extn_value.as_bytes()).unwrap();
         assert!(!bc.ca, "CSR asked for CA:true, profile says no");
 
         let with_sans = csr("p256.csr.der");
@@ -382,7 +402,8 @@ mod tests {
             .iter()
             .find(|e| e.extn_id == const_oid::db::rfc5912::ID_CE_SUBJECT_ALT_NAME)
             .unwrap();
-        let san = x509_cert::ext::pkix::SubjectAltName::from_der(san.extn_value.as_bytes()).unwrap();
+        let san =
+            x509_cert::ext::pkix::SubjectAltName::from_der(san.extn_value.as_bytes()).unwrap();
         assert_eq!(san.0.len(), 1, "only the DNS name is copied");
         assert_eq!(issued.serial_hex.len(), 32);
         assert_eq!(
@@ -399,9 +420,19 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..50 {
             let issued = ca
-                .issue(request.subject(), request.public_key(), &[], &Profile::default())
+                .issue(
+                    request.subject(),
+                    request.public_key(),
+                    &[],
+                    &Profile::default(),
+                )
                 .unwrap();
-            let bytes = issued.certificate.tbs_certificate.serial_number.as_bytes().to_vec();
+            let bytes = issued
+                .certificate
+                .tbs_certificate
+                .serial_number
+                .as_bytes()
+                .to_vec();
             assert_eq!(bytes.len(), 16);
             assert!(bytes[0] & 0x80 == 0 && bytes[0] != 0);
             assert!(seen.insert(bytes));

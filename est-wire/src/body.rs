@@ -104,7 +104,8 @@ mod tests {
 
     #[test]
     fn unwraps_pem_armour() {
-        let pem = "-----BEGIN CERTIFICATE REQUEST-----\naGVsbG8=\n-----END CERTIFICATE REQUEST-----\n";
+        let pem =
+            "-----BEGIN CERTIFICATE REQUEST-----\naGVsbG8=\n-----END CERTIFICATE REQUEST-----\n";
         assert_eq!(decode(pem.as_bytes()).unwrap(), b"hello");
         let broken = "-----BEGIN CERTIFICATE REQUEST-----\naGVsbG8=\n";
         assert_eq!(decode(broken.as_bytes()), Err(BodyError::UnterminatedPem));
@@ -112,8 +113,14 @@ mod tests {
 
     #[test]
     fn rejects_invalid_characters_and_empty_bodies() {
-        assert!(matches!(decode(b"aGVs*G8="), Err(BodyError::InvalidBase64(_))));
-        assert!(matches!(decode(b"aGVsbG8"), Err(BodyError::InvalidBase64(_))));
+        assert!(matches!(
+            decode(b"aGVs*G8="),
+            Err(BodyError::InvalidBase64(_))
+        ));
+        assert!(matches!(
+            decode(b"aGVsbG8"),
+            Err(BodyError::InvalidBase64(_))
+        ));
         assert_eq!(decode(b""), Err(BodyError::Empty));
         assert_eq!(decode(b" \r\n\t"), Err(BodyError::Empty));
         assert!(matches!(

@@ -59,7 +59,9 @@ pub enum CsrError {
     #[error("the CSR has version {0}; only version 1 is defined")]
     BadVersion(u8),
     /// A key algorithm or curve this server does not issue for.
-    #[error("the CSR's key is {0}, which is not accepted; use EC P-256, EC P-384 or RSA 2048-4096")]
+    #[error(
+        "the CSR's key is {0}, which is not accepted; use EC P-256, EC P-384 or RSA 2048-4096"
+    )]
     UnsupportedKey(String),
     /// RSA outside 2048–4096 bits.
     #[error("the CSR's RSA key has {0} bits; RSA keys must have 2048 to 4096 bits")]
@@ -68,7 +70,9 @@ pub enum CsrError {
     #[error("the CSR is signed with {0}, which is not accepted; use ECDSA or RSA PKCS#1 v1.5 with SHA-256/384/512")]
     UnsupportedSignature(String),
     /// The signature does not verify with the request's own key.
-    #[error("the CSR's signature does not verify with its public key (proof of possession failed)")]
+    #[error(
+        "the CSR's signature does not verify with its public key (proof of possession failed)"
+    )]
     BadSignature,
     /// A subject attribute that is not printable text.
     #[error("the CSR's subject {0}")]
@@ -167,7 +171,10 @@ pub fn common_name(name: &Name) -> Option<String> {
 pub fn attribute_text(value: &der::Any) -> Option<String> {
     let text = match value.tag() {
         Tag::Utf8String => Utf8StringRef::try_from(value).ok()?.as_str().to_owned(),
-        Tag::PrintableString => PrintableStringRef::try_from(value).ok()?.as_str().to_owned(),
+        Tag::PrintableString => PrintableStringRef::try_from(value)
+            .ok()?
+            .as_str()
+            .to_owned(),
         Tag::Ia5String => Ia5StringRef::try_from(value).ok()?.as_str().to_owned(),
         Tag::TeletexString => TeletexStringRef::try_from(value).ok()?.as_str().to_owned(),
         _ => return None,
@@ -434,7 +441,10 @@ mod tests {
         ));
         let mut longer = der.clone();
         longer.push(0);
-        assert!(matches!(Csr::from_der(&longer), Err(CsrError::Malformed(_))));
+        assert!(matches!(
+            Csr::from_der(&longer),
+            Err(CsrError::Malformed(_))
+        ));
         assert!(matches!(Csr::from_der(b""), Err(CsrError::Malformed(_))));
     }
 

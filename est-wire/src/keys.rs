@@ -30,7 +30,9 @@ impl std::str::FromStr for KeyAlgorithm {
         match s.to_ascii_lowercase().as_str() {
             "p256" | "p-256" | "ec-p256" | "prime256v1" | "secp256r1" => Ok(Self::EcP256),
             "p384" | "p-384" | "ec-p384" | "secp384r1" => Ok(Self::EcP384),
-            other => Err(format!("unknown key algorithm `{other}` (use p256 or p384)")),
+            other => Err(format!(
+                "unknown key algorithm `{other}` (use p256 or p384)"
+            )),
         }
     }
 }
@@ -81,7 +83,8 @@ impl SigningKey {
 
     /// Loads a PEM `PRIVATE KEY` (PKCS#8).
     pub fn from_pkcs8_pem(pem: &[u8]) -> Result<Self, KeyError> {
-        let (label, der) = crate::pem::decode(pem).map_err(|e| KeyError::Unreadable(e.to_string()))?;
+        let (label, der) =
+            crate::pem::decode(pem).map_err(|e| KeyError::Unreadable(e.to_string()))?;
         if label != "PRIVATE KEY" {
             return Err(KeyError::Unreadable(format!(
                 "expected a PEM PRIVATE KEY block, found {label}"
@@ -176,7 +179,10 @@ mod tests {
 
     #[test]
     fn refuses_non_keys() {
-        assert!(SigningKey::from_pkcs8_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
+        assert!(SigningKey::from_pkcs8_pem(
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+        )
+        .is_err());
         assert!(SigningKey::from_pkcs8_der(b"junk").is_err());
     }
 }

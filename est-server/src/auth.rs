@@ -1,0 +1,361 @@
+//! Who is asking: HTTP Basic users and TLS client certificates.
+//!
+//! [`Authenticator::authenticate`] turns the credentials of one request into
+//! a [`Principal`], or refuses with 401 (no or wrong credentials) or 403
+//! (a certificate this server knows but will not accept). What a principal
+//! may then do is decided by [`crate::enroll`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use der::Decode;
+use rustls::server::danger::ClientCertVerifier;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use x509_cert::Certificate;
+use zeroize::Zeroizing;
+
+use crate::config::{AuthMethod, LabelConfig, UserConfig};
+use crate::error::EstError;
+use crate::registry::{CertState, CertificateRecord, Registry};
+use crate::router::Operation;
+
+/// User name and password from an `Authorization: Basic` header.
+pub struct BasicCredentials {
+    /// The user name (or device serial).
+    pub user: String,
+    /// The password, wiped from memory when dropped.
+    pub password: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for BasicCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicCredentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses an `Authorization` header value of the Basic scheme (RFC 7617).
+pub fn parse_basic(header: &[u8]) -> Result<BasicCredentials, EstError> {
+    let malformed =
+        || EstError::Unauthorized("the Authorization header is not valid HTTP Basic".into());
+    let text = std::str::from_utf8(header).map_err(|_| malformed())?.trim();
+    let (scheme, encoded) = text.split_once(' ').ok_or_else(malformed)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(EstError::Unauthorized(format!(
+            "authentication scheme `{scheme}` is not supported; use Basic or a client certificate"
+        )));
+    }
+    let decoded = Zeroizing::new(STANDARD.decode(encoded.trim()).map_err(|_| malformed())?);
+    let decoded = std::str::from_utf8(&decoded).map_err(|_| malformed())?;
+    let (user, password) = decoded.split_once(':').ok_or_else(malformed)?;
+    if user.is_empty() {
+        return Err(malformed());
+    }
+    Ok(BasicCredentials {
+        user: user.to_owned(),
+        password: Zeroizing::new(password.to_owned()),
+    })
+}
+
+/// Configured Basic users with their argon2 hashes.
+pub struct Users {
+    hashes: HashMap<String, String>,
+    /// Verified against for unknown users, so timing does not reveal which names exist.
+    decoy: String,
+}
+
+impl Users {
+    /// Builds the user table (hashes were checked when the config loaded).
+    pub fn new(users: &[UserConfig]) -> Self {
+        let hashes = users
+            .iter()
+            .map(|u| (u.name.clone(), u.password_hash.clone()))
+            .collect();
+        Self {
+            hashes,
+            decoy: hash_password("decoy password for unknown users")
+                .expect("hashing a constant cannot fail"),
+        }
+    }
+
+    /// True when `credentials` name a configured user with the right password.
+    /// Runs on a blocking thread: argon2 is deliberately slow.
+    pub async fn verify(self: &Arc<Self>, credentials: BasicCredentials) -> bool {
+        let users = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let (hash, known) = match users.hashes.get(&credentials.user) {
+                Some(hash) => (hash.as_str(), true),
+                None => (users.decoy.as_str(), false),
+            };
+            let Ok(parsed) = PasswordHash::new(hash) else {
+                return false;
+            };
+            let matches = Argon2::default()
+                .verify_password(credentials.password.as_bytes(), &parsed)
+                .is_ok();
+            matches && known
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// Hashes a password as an argon2id PHC string.
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
+/// A TLS client certificate that passed the handshake's chain check.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    /// End-entity first, then any intermediates the client sent.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The end-entity certificate, parsed.
+    pub certificate: Certificate,
+    /// SHA-256 of the end-entity DER, hex.
+    pub fingerprint: String,
+    /// Subject, RFC 4514 text.
+    pub subject: String,
+}
+
+impl ClientCertificate {
+    /// Parses the chain rustls verified.
+    pub fn from_chain(chain: Vec<CertificateDer<'static>>) -> Option<Self> {
+        let leaf = chain.first()?;
+        let certificate = Certificate::from_der(leaf.as_ref()).ok()?;
+        Some(Self {
+            fingerprint: est_wire::sha256_hex(leaf.as_ref()),
+            subject: certificate.tbs_certificate.subject.to_string(),
+            certificate,
+            chain,
+        })
+    }
+
+    /// The subject's common name.
+    pub fn common_name(&self) -> Option<String> {
+        est_wire::csr::common_name(&self.certificate.tbs_certificate.subject)
+    }
+}
+
+/// Everything a request brought to prove who it is.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    /// Raw `Authorization` header, if any.
+    pub authorization: Option<Vec<u8>>,
+    /// The verified TLS client certificate, if any.
+    pub client_certificate: Option<ClientCertificate>,
+}
+
+/// An authenticated client.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// A configured Basic user.
+    User {
+        /// User name.
+        name: String,
+    },
+    /// A certificate from a bootstrap (manufacturer) CA.
+    Bootstrap {
+        /// The certificate.
+        certificate: ClientCertificate,
+    },
+    /// A certificate this server issued and that is still current: a renewal.
+    Identity {
+        /// The certificate presented.
+        certificate: ClientCertificate,
+        /// Its registry entry.
+        record: Box<CertificateRecord>,
+    },
+}
+
+impl Principal {
+    /// How the principal authenticated, for the registry and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Principal::User { name } => format!("basic:{name}"),
+            Principal::Bootstrap { certificate } => {
+                format!("bootstrap-cert:{}", certificate.subject)
+            }
+            Principal::Identity { record, .. } => {
+                format!("identity-cert:{}", record.certificate.serial)
+            }
+        }
+    }
+}
+
+/// Checks credentials against users, bootstrap CAs and the registry.
+pub struct Authenticator {
+    users: Arc<Users>,
+    bootstrap: Option<Arc<dyn ClientCertVerifier>>,
+    registry: Registry,
+}
+
+impl Authenticator {
+    /// `bootstrap` verifies chains against the bootstrap trust list only.
+    pub fn new(
+        users: Arc<Users>,
+        bootstrap: Option<Arc<dyn ClientCertVerifier>>,
+        registry: Registry,
+    ) -> Self {
+        Self {
+            users,
+            bootstrap,
+            registry,
+        }
+    }
+
+    fn is_bootstrap(&self, certificate: &ClientCertificate) -> bool {
+        let Some(verifier) = &self.bootstrap else {
+            return false;
+        };
+        let (leaf, intermediates) = certificate.chain.split_first().expect("non-empty chain");
+        verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .is_ok()
+    }
+
+    /// Authenticates one enrollment request on a label.
+    pub async fn authenticate(
+        &self,
+        label: &LabelConfig,
+        operation: Operation,
+        credentials: Credentials,
+    ) -> Result<Principal, EstError> {
+        let mut certificate_refusal = None;
+        if let Some(certificate) = credentials.client_certificate {
+            match self.identity(certificate).await? {
+                CertificateKind::Identity(principal) => return Ok(principal),
+                CertificateKind::Retired(reason) => return Err(EstError::Forbidden(reason)),
+                CertificateKind::Other(certificate) => {
+                    if operation == Operation::SimpleReenroll {
+                        return Err(EstError::Forbidden(format!(
+                            "simplereenroll needs a certificate issued by this server; {} is not one",
+                            certificate.subject
+                        )));
+                    }
+                    if self.is_bootstrap(&certificate) {
+                        if label.auth.contains(&AuthMethod::BootstrapCert) {
+                            return Ok(Principal::Bootstrap { certificate });
+                        }
+                        certificate_refusal =
+                            Some("bootstrap certificates are not accepted on this label");
+                    } else {
+                        certificate_refusal =
+                            Some("the client certificate is not from a bootstrap CA");
+                    }
+                }
+            }
+        }
+        if operation == Operation::SimpleReenroll {
+            return Err(EstError::Unauthorized(
+                "simplereenroll needs the current certificate as TLS client certificate".into(),
+            ));
+        }
+        match credentials.authorization {
+            Some(header) if label.auth.contains(&AuthMethod::Basic) => {
+                let basic = parse_basic(&header)?;
+                let name = basic.user.clone();
+                if self.users.verify(basic).await {
+                    Ok(Principal::User { name })
+                } else {
+                    tracing::info!(user = %name, "wrong Basic credentials");
+                    Err(EstError::Unauthorized("wrong user name or password".into()))
+                }
+            }
+            _ => Err(EstError::Unauthorized(
+                certificate_refusal
+                    .map(|r| format!("{r}; authenticate with HTTP Basic"))
+                    .unwrap_or_else(|| "authentication required".into()),
+            )),
+        }
+    }
+
+    async fn identity(&self, certificate: ClientCertificate) -> Result<CertificateKind, EstError> {
+        let record = self
+            .registry
+            .find_by_fingerprint(&certificate.fingerprint)
+            .await
+            .map_err(EstError::internal)?;
+        Ok(match record {
+            None => CertificateKind::Other(certificate),
+            Some(record) => match record.state {
+                CertState::Active => CertificateKind::Identity(Principal::Identity {
+                    certificate,
+                    record: Box::new(record),
+                }),
+                CertState::Superseded => CertificateKind::Retired(format!(
+                    "certificate {} has been superseded by {}; authenticate with the newer certificate",
+                    record.certificate.serial,
+                    record.successor.as_deref().unwrap_or("a newer one")
+                )),
+                CertState::Revoked => CertificateKind::Retired(format!(
+                    "certificate {} has been revoked",
+                    record.certificate.serial
+                )),
+            },
+        })
+    }
+}
+
+enum CertificateKind {
+    Identity(Principal),
+    Retired(String),
+    Other(ClientCertificate),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_basic_headers() {
+        let creds = parse_basic(b"Basic ZXN0dXNlcjplc3Rwd2Q=").unwrap();
+        assert_eq!(creds.user, "estuser");
+        assert_eq!(creds.password.as_str(), "estpwd");
+        let creds = parse_basic(b"basic   dTpwOmFzcw==").unwrap();
+        assert_eq!(
+            (creds.user.as_str(), creds.password.as_str()),
+            ("u", "p:ass")
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_basic_headers() {
+        for header in [
+            &b"Bearer abc"[..],
+            b"Basic",
+            b"Basic !!!",
+            b"Basic bm9jb2xvbg==",
+            b"Basic OnBhc3M=",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                matches!(parse_basic(header), Err(EstError::Unauthorized(_))),
+                "{header:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn verifies_hashed_passwords() {
+        let users = Arc::new(Users::new(&[UserConfig {
+            name: "estuser".into(),
+            password_hash: hash_password("estpwd").unwrap(),
+        }]));
+        let creds = |u: &str, p: &str| BasicCredentials {
+            user: u.into(),
+            password: Zeroizing::new(p.into()),
+        };
+        assert!(users.verify(creds("estuser", "estpwd")).await);
+        assert!(!users.verify(creds("estuser", "wrong")).await);
+        assert!(!users.verify(creds("nobody", "estpwd")).await);
+    }
+}

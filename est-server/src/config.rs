@@ -1,0 +1,388 @@
+//! The server's configuration file (TOML).
+//!
+//! Relative paths are resolved against `data_dir`, which itself defaults to
+//! the directory holding the config file. Unknown fields are errors, and
+//! every check after parsing names the field it is about, so a bad config
+//! fails at start with a message that points at the line to fix.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use ca_backends::profile::duration_text;
+use ca_backends::Profile;
+use serde::Deserialize;
+
+use crate::router::is_valid_label;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on, e.g. `127.0.0.1:8443`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Realm sent in `WWW-Authenticate: Basic realm="…"`.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// Base directory for relative paths (default: the config file's directory).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// TLS server identity and client-certificate trust.
+    pub tls: TlsConfig,
+    /// The local CA.
+    #[serde(default)]
+    pub ca: CaConfig,
+    /// The registry of issued certificates.
+    #[serde(default)]
+    pub registry: RegistryConfig,
+    /// Size and time limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// HTTP Basic users (operators, provisioning stations).
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// Certificate profiles, by name.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
+    /// The unlabelled path `/.well-known/est/…`.
+    pub enroll: LabelConfig,
+    /// Labelled paths `/.well-known/est/<label>/…`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, LabelConfig>,
+}
+
+/// TLS settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server (leaf first).
+    pub cert: PathBuf,
+    /// PEM private key of the server (PKCS#8).
+    pub key: PathBuf,
+    /// PEM files of manufacturer/bootstrap CAs whose client certificates may enroll.
+    #[serde(default)]
+    pub bootstrap_trust: Vec<PathBuf>,
+}
+
+/// Local CA settings (used when the CA directory is first created).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// Directory of the CA files.
+    #[serde(default = "default_ca_dir")]
+    pub dir: PathBuf,
+    /// `p256` (default) or `p384`.
+    #[serde(default = "default_key_algorithm")]
+    pub key_algorithm: String,
+    /// Subject of a new root.
+    #[serde(default = "default_root_subject")]
+    pub root_subject: String,
+    /// Subject of a new issuing CA.
+    #[serde(default = "default_issuing_subject")]
+    pub issuing_subject: String,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_ca_dir(),
+            key_algorithm: default_key_algorithm(),
+            root_subject: default_root_subject(),
+            issuing_subject: default_issuing_subject(),
+        }
+    }
+}
+
+/// Registry settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// SQLite file.
+    #[serde(default = "default_registry_path")]
+    pub path: PathBuf,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            path: default_registry_path(),
+        }
+    }
+}
+
+/// Limits that protect the server from large or slow clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted request body (413 above it).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Time allowed for the TLS handshake.
+    #[serde(default = "default_timeout", with = "duration_text")]
+    pub handshake_timeout: Duration,
+    /// Time allowed to send a request's headers (also the keep-alive idle limit).
+    #[serde(default = "default_timeout", with = "duration_text")]
+    pub header_timeout: Duration,
+    /// Time allowed to send a request's body (408 above it).
+    #[serde(default = "default_timeout", with = "duration_text")]
+    pub body_timeout: Duration,
+    /// Most connections served at once; further ones wait in the accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_max_body(),
+            handshake_timeout: default_timeout(),
+            header_timeout: default_timeout(),
+            body_timeout: default_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// One HTTP Basic user.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// User name.
+    pub name: String,
+    /// Argon2 PHC string (`est-server hash-password` makes one).
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a client may authenticate a first enrollment.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    /// HTTP Basic against `users`.
+    Basic,
+    /// A TLS client certificate from a `tls.bootstrap_trust` CA.
+    BootstrapCert,
+}
+
+/// What one EST path (label) does.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelConfig {
+    /// Name of the profile in `profiles` (`default` is built in).
+    #[serde(default = "default_profile_name")]
+    pub profile: String,
+    /// Accepted authentication for first enrollments. Renewals always use the
+    /// certificate being renewed.
+    #[serde(default = "default_auth")]
+    pub auth: Vec<AuthMethod>,
+    /// Hold first enrollments for an operator's approval (answers 202 + Retry-After).
+    #[serde(default)]
+    pub require_approval: bool,
+    /// `Retry-After` sent with 202.
+    #[serde(default = "default_retry_after", with = "duration_text")]
+    pub retry_after: Duration,
+    /// OIDs listed by `/csrattrs` (empty: 204 No Content).
+    #[serde(default)]
+    pub csrattrs: Vec<String>,
+    /// A bootstrap certificate may only enroll its own common name.
+    #[serde(default = "yes")]
+    pub bootstrap_subject_must_match: bool,
+}
+
+impl Config {
+    /// Reads, parses and checks a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        let base = match &config.data_dir {
+            Some(dir) if dir.is_absolute() => dir.clone(),
+            Some(dir) => path.parent().unwrap_or(Path::new(".")).join(dir),
+            None => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        };
+        config.resolve_paths(&base);
+        config
+            .validate()
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.tls.cert);
+        resolve(&mut self.tls.key);
+        self.tls.bootstrap_trust.iter_mut().for_each(resolve);
+        resolve(&mut self.ca.dir);
+        resolve(&mut self.registry.path);
+        self.data_dir = Some(base.to_path_buf());
+    }
+
+    /// Checks cross-references and values that serde cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.ca
+            .key_algorithm
+            .parse::<est_wire::keys::KeyAlgorithm>()
+            .map_err(|e| anyhow::anyhow!("ca.key_algorithm: {e}"))?;
+        for (name, profile) in &self.profiles {
+            profile
+                .validate()
+                .map_err(|e| anyhow::anyhow!("profiles.{name}: {e}"))?;
+        }
+        self.validate_label("enroll", &self.enroll)?;
+        for (name, label) in &self.labels {
+            if !is_valid_label(name) {
+                bail!("labels.{name}: a label is 1-64 characters of A-Z a-z 0-9 . _ - and not `.` or `..`");
+            }
+            self.validate_label(&format!("labels.{name}"), label)?;
+        }
+        for (i, user) in self.users.iter().enumerate() {
+            argon2::PasswordHash::new(&user.password_hash).map_err(|e| {
+                anyhow::anyhow!(
+                    "users[{i}].password_hash ({}): not an argon2 PHC string: {e}",
+                    user.name
+                )
+            })?;
+        }
+        if self.limits.max_body_bytes < 1024 {
+            bail!("limits.max_body_bytes: must be at least 1024");
+        }
+        if self.limits.max_connections == 0 {
+            bail!("limits.max_connections: must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn validate_label(&self, field: &str, label: &LabelConfig) -> anyhow::Result<()> {
+        if label.profile != "default" && !self.profiles.contains_key(&label.profile) {
+            bail!(
+                "{field}.profile: no profile named `{}` in [profiles]",
+                label.profile
+            );
+        }
+        for oid in &label.csrattrs {
+            const_oid::ObjectIdentifier::new(oid)
+                .map_err(|_| anyhow::anyhow!("{field}.csrattrs: `{oid}` is not a dotted OID"))?;
+        }
+        if label.auth.contains(&AuthMethod::Basic) && self.users.is_empty() {
+            tracing::warn!("{field}.auth allows basic but no [[users]] are configured");
+        }
+        Ok(())
+    }
+
+    /// The profile named `name` (`default` when not configured).
+    pub fn profile(&self, name: &str) -> Profile {
+        self.profiles.get(name).cloned().unwrap_or_default()
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8443".parse().expect("valid address")
+}
+fn default_realm() -> String {
+    "estrealm".into()
+}
+fn default_ca_dir() -> PathBuf {
+    "ca".into()
+}
+fn default_key_algorithm() -> String {
+    "p256".into()
+}
+fn default_root_subject() -> String {
+    "CN=EST Root CA,O=est-server".into()
+}
+fn default_issuing_subject() -> String {
+    "CN=EST Issuing CA,O=est-server".into()
+}
+fn default_registry_path() -> PathBuf {
+    "registry.sqlite".into()
+}
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_profile_name() -> String {
+    "default".into()
+}
+fn default_auth() -> Vec<AuthMethod> {
+    vec![AuthMethod::Basic, AuthMethod::BootstrapCert]
+}
+fn default_retry_after() -> Duration {
+    Duration::from_secs(60)
+}
+fn yes() -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    const MINIMAL: &str = "[tls]\ncert = \"s.pem\"\nkey = \"s.key\"\n[enroll]\n";
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolved_paths() {
+        let config = load_str(MINIMAL).unwrap();
+        assert_eq!(config.limits.max_body_bytes, 65536);
+        assert!(config.tls.cert.is_absolute());
+        assert_eq!(config.enroll.profile, "default");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = format!(
+            "{:#}",
+            load_str(&format!("{MINIMAL}bogus = 1\n")).unwrap_err()
+        );
+        assert!(err.contains("bogus"), "{err}");
+        let err = format!(
+            "{:#}",
+            load_str(&format!("{MINIMAL}[labels.x]\nprofile = \"nope\"\n")).unwrap_err()
+        );
+        assert!(err.contains("labels.x.profile"), "{err}");
+        let err = format!(
+            "{:#}",
+            load_str(&format!("{MINIMAL}[labels.\"a/b\"]\n")).unwrap_err()
+        );
+        assert!(err.contains("labels.a/b"), "{err}");
+        let err = format!(
+            "{:#}",
+            load_str(&format!("{MINIMAL}[profiles.p]\nvalidity = \"soon\"\n")).unwrap_err()
+        );
+        assert!(err.contains("validity"), "{err}");
+        let err = format!(
+            "{:#}",
+            load_str(&format!(
+                "{MINIMAL}[[users]]\nname = \"u\"\npassword_hash = \"plain\"\n"
+            ))
+            .unwrap_err()
+        );
+        assert!(err.contains("users[0].password_hash"), "{err}");
+    }
+}

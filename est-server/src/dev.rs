@@ -1,0 +1,166 @@
+//! Zero-setup development mode: everything a first enrollment needs, in one directory.
+//!
+//! `est-server serve --dev` creates (once) under the data directory:
+//! `ca/` (root + issuing CA, keys 0600), `tls/server.pem` + `tls/server.key`
+//! (a TLS server certificate for localhost / 127.0.0.1 / ::1 issued by the
+//! issuing CA), `ca.pem` (the root: the one trust anchor a client needs),
+//! `registry.sqlite`, and `est-server.toml` with a demo Basic user
+//! `estuser` / `estpwd` (libest's demo defaults). Later runs reuse them.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use ca_backends::Profile;
+use der::asn1::{Ia5String, OctetString};
+use est_wire::keys::{KeyAlgorithm, SigningKey};
+use est_wire::pem::certificate_to_pem;
+use x509_cert::ext::pkix::name::GeneralName;
+
+use crate::config::Config;
+
+/// Name of the config file dev mode writes into the data directory.
+pub const CONFIG_FILE: &str = "est-server.toml";
+
+/// Prepares `data_dir` and returns the path of its config file.
+pub fn prepare(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    create_private_dir(data_dir)?;
+    let config_path = data_dir.join(CONFIG_FILE);
+    if !config_path.exists() {
+        let hash = crate::auth::hash_password("estpwd").map_err(|e| anyhow::anyhow!("{e}"))?;
+        let text = DEV_CONFIG.replace("@HASH@", &hash);
+        write_file(&config_path, text.as_bytes(), 0o600)?;
+    }
+    let config = Config::load(&config_path)?;
+    let ca = crate::server::open_ca(&config)?;
+
+    if !config.tls.cert.exists() {
+        let key = SigningKey::generate(KeyAlgorithm::EcP256).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let subject = ca_backends::local::parse_name("CN=localhost,O=est-server dev")?;
+        let names = vec![
+            GeneralName::DnsName(Ia5String::new("localhost")?),
+            GeneralName::IpAddress(OctetString::new(vec![127, 0, 0, 1])?),
+            GeneralName::IpAddress(OctetString::new(
+                std::net::Ipv6Addr::LOCALHOST.octets().to_vec(),
+            )?),
+        ];
+        let issued = ca.issue(
+            &subject,
+            &key.public_key_info(),
+            &names,
+            &Profile::tls_server(Duration::from_secs(365 * 24 * 3600)),
+        )?;
+        if let Some(dir) = config.tls.cert.parent() {
+            create_private_dir(dir)?;
+        }
+        write_file(&config.tls.key, key.to_pkcs8_pem().as_bytes(), 0o600)?;
+        let chain = format!(
+            "{}{}",
+            certificate_to_pem(&issued.certificate),
+            certificate_to_pem(ca.issuing())
+        );
+        write_file(&config.tls.cert, chain.as_bytes(), 0o644)?;
+    }
+    let anchor = data_dir.join("ca.pem");
+    if !anchor.exists() {
+        write_file(&anchor, certificate_to_pem(ca.root()).as_bytes(), 0o644)?;
+    }
+    Ok(config_path)
+}
+
+/// Prints what to try against a freshly started dev server.
+pub fn print_instructions(data_dir: &Path, listen: SocketAddr) {
+    let dir = data_dir.display();
+    let base = format!("https://localhost:{}/.well-known/est", listen.port());
+    println!(
+        "\
+est-server dev mode
+  data directory : {dir}
+  trust anchor   : {dir}/ca.pem
+  demo user      : estuser / estpwd
+Try it:
+  curl --cacert {dir}/ca.pem {base}/cacerts | openssl base64 -d | openssl pkcs7 -inform DER -print_certs
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout device.key -subj /CN=device-1 -outform DER | openssl base64 > device.b64
+  curl --cacert {dir}/ca.pem -u estuser:estpwd -H 'Content-Type: application/pkcs10' --data-binary @device.b64 {base}/simpleenroll \\
+    | openssl base64 -d | openssl pkcs7 -inform DER -print_certs > device.pem
+  openssl verify -CAfile {dir}/ca.pem -untrusted <(curl -s --cacert {dir}/ca.pem {base}/cacerts | openssl base64 -d | openssl pkcs7 -inform DER -print_certs) device.pem"
+    );
+    let _ = std::io::stdout().flush();
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+const DEV_CONFIG: &str = r#"# est-server configuration written by `est-server serve --dev`.
+# Relative paths are relative to this file's directory. See README.md for every field.
+
+listen = "127.0.0.1:8443"
+realm = "estrealm"
+
+[tls]
+cert = "tls/server.pem"          # server chain: leaf + issuing CA
+key = "tls/server.key"
+bootstrap_trust = []             # PEM files of manufacturer CAs whose device certs may enroll
+
+[ca]
+dir = "ca"                       # root-ca.* and issuing-ca.*; keys are 0600
+key_algorithm = "p256"
+
+[registry]
+path = "registry.sqlite"
+
+[limits]
+max_body_bytes = 65536
+handshake_timeout = "10s"
+header_timeout = "10s"
+body_timeout = "10s"
+max_connections = 4096
+
+# Demo user, libest's defaults. Make real hashes with `est-server hash-password`.
+[[users]]
+name = "estuser"
+password_hash = "@HASH@"
+
+[profiles.device]
+validity = "30d"
+key_usage = ["digitalSignature", "keyAgreement"]
+extended_key_usage = ["clientAuth"]
+copy_san = ["dns", "ip", "uri", "email"]
+
+# Azure IoT Edge's Edge CA: CA:true, pathlen 0, keyCertSign.
+[profiles.edge-ca]
+validity = "90d"
+subordinate_ca = true
+extended_key_usage = []
+
+# /.well-known/est/...
+[enroll]
+profile = "device"
+auth = ["basic", "bootstrap-cert"]
+
+# /.well-known/est/edgeca/...
+[labels.edgeca]
+profile = "edge-ca"
+auth = ["basic", "bootstrap-cert"]
+"#;

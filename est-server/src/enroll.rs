@@ -1,0 +1,308 @@
+//! The one enrollment path: authenticate → parse → authorize → (approve) →
+//! issue → record.
+//!
+//! Every way of getting a certificate — `/simpleenroll` with Basic or a
+//! bootstrap certificate, `/simplereenroll`, and `/simpleenroll` with a
+//! certificate this server issued (how Azure IoT Edge renews) — goes through
+//! [`EnrollService::enroll`]. Nothing here knows about HTTP.
+
+use std::sync::Arc;
+
+use ca_backends::{CaBackend, IssueRequest, Profile};
+use der::Encode;
+use est_wire::csr::Csr;
+use est_wire::names::{certificate_sans, general_names_text, same_names};
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::Certificate;
+
+use crate::auth::{Authenticator, Credentials, Principal};
+use crate::config::LabelConfig;
+use crate::error::EstError;
+use crate::registry::{
+    unix_now, unix_seconds, NewCertificate, PendingRequest, PendingState, Registry, RegistryError,
+};
+use crate::router::Operation;
+
+/// One configured EST path.
+pub struct Label {
+    /// The label, or `None` for `/.well-known/est/`.
+    pub name: Option<String>,
+    /// Its settings.
+    pub config: LabelConfig,
+    /// The profile its CA applies.
+    pub profile: Profile,
+    /// The CA behind it.
+    pub backend: Arc<dyn CaBackend>,
+    /// DER `/csrattrs` body, or `None` for 204.
+    pub csrattrs: Option<Vec<u8>>,
+}
+
+impl Label {
+    /// The label as stored in the registry (`""` for the unlabelled path).
+    pub fn registry_name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+}
+
+/// An enrollment request, as the transport hands it over.
+pub struct EnrollRequest<'a> {
+    /// Which path.
+    pub label: &'a Label,
+    /// `SimpleEnroll` or `SimpleReenroll`.
+    pub operation: Operation,
+    /// What the client authenticated with.
+    pub credentials: Credentials,
+    /// The request body (base64 PKCS#10).
+    pub body: &'a [u8],
+}
+
+/// A certificate handed out.
+#[derive(Debug)]
+pub struct Enrolled {
+    /// The certificate.
+    pub certificate: Certificate,
+    /// Serial, hex.
+    pub serial: String,
+    /// Serial of the certificate it replaces, for renewals.
+    pub renewed: Option<String>,
+}
+
+/// The enrollment service shared by all labels.
+pub struct EnrollService {
+    authenticator: Authenticator,
+    registry: Registry,
+}
+
+impl EnrollService {
+    /// Builds the service.
+    pub fn new(authenticator: Authenticator, registry: Registry) -> Self {
+        Self {
+            authenticator,
+            registry,
+        }
+    }
+
+    /// Runs one enrollment or renewal from credentials to recorded certificate.
+    pub async fn enroll(&self, request: EnrollRequest<'_>) -> Result<Enrolled, EstError> {
+        let label = request.label;
+        let principal = self
+            .authenticator
+            .authenticate(&label.config, request.operation, request.credentials)
+            .await?;
+
+        let csr_der = est_wire::body::decode(request.body)?;
+        let csr = Csr::from_der(&csr_der)?;
+
+        let renewal_of = authorize(&principal, &csr, label)?;
+        let pending_id = match (&renewal_of, label.config.require_approval) {
+            (None, true) => match self.approval(label, &csr, &principal).await? {
+                Approval::Approved(id) => Some(id),
+                Approval::AlreadyIssued(enrolled) => return Ok(enrolled),
+            },
+            _ => None,
+        };
+
+        let predecessor = renewal_of.map(|(record, _)| record);
+        let issued = label
+            .backend
+            .issue(IssueRequest {
+                csr: &csr,
+                renewal_of: renewal_of.map(|(_, cert)| cert),
+            })
+            .await?;
+        if let Some((_, old)) = renewal_of {
+            ensure_same_identity(&issued.certificate, old)?;
+        }
+
+        let record = NewCertificate {
+            serial: issued.serial_hex.clone(),
+            fingerprint: est_wire::sha256_hex(&issued.der),
+            label: label.registry_name().to_owned(),
+            subject: issued.certificate.tbs_certificate.subject.to_string(),
+            san: general_names_text(&certificate_sans(&issued.certificate)),
+            not_before: unix_seconds(issued.not_before),
+            not_after: unix_seconds(issued.not_after),
+            auth: principal.describe(),
+            predecessor: predecessor.map(str::to_owned),
+            der: issued.der.clone(),
+        };
+        match self
+            .registry
+            .record_issued(record, predecessor.map(str::to_owned), pending_id)
+            .await
+        {
+            Ok(()) => {}
+            Err(RegistryError::PredecessorNotActive(serial)) => {
+                return Err(EstError::Forbidden(format!(
+                    "certificate {serial} was renewed or revoked by a concurrent request"
+                )))
+            }
+            Err(e) => return Err(EstError::internal(e)),
+        }
+        tracing::info!(
+            serial = %issued.serial_hex,
+            subject = %issued.certificate.tbs_certificate.subject,
+            label = label.registry_name(),
+            auth = %principal.describe(),
+            renewed = predecessor.unwrap_or("-"),
+            "issued certificate"
+        );
+        Ok(Enrolled {
+            certificate: issued.certificate,
+            serial: issued.serial_hex,
+            renewed: predecessor.map(str::to_owned),
+        })
+    }
+
+    async fn approval(
+        &self,
+        label: &Label,
+        csr: &Csr,
+        principal: &Principal,
+    ) -> Result<Approval, EstError> {
+        let mut id_input = label.registry_name().as_bytes().to_vec();
+        id_input.push(b'\n');
+        id_input.extend_from_slice(csr.der());
+        let id = est_wire::sha256_hex(&id_input);
+        let pending = |message: &str| EstError::Pending {
+            retry_after_secs: label.config.retry_after.as_secs().max(1),
+            message: message.to_owned(),
+        };
+        let existing = self
+            .registry
+            .pending(&id)
+            .await
+            .map_err(EstError::internal)?;
+        match existing {
+            None => {
+                self.registry
+                    .add_pending(PendingRequest {
+                        id: id.clone(),
+                        label: label.registry_name().to_owned(),
+                        subject: csr.subject().to_string(),
+                        requested_by: principal.describe(),
+                        state: PendingState::Pending,
+                        created_at: unix_now(),
+                        issued_serial: None,
+                    })
+                    .await
+                    .map_err(EstError::internal)?;
+                tracing::info!(pending = %id, subject = %csr.subject(), "enrollment held for approval");
+                Err(pending(&format!(
+                    "the request is waiting for an operator's approval (id {id})"
+                )))
+            }
+            Some(request) => match request.state {
+                PendingState::Pending => Err(pending(&format!(
+                    "the request is still waiting for an operator's approval (id {id})"
+                ))),
+                PendingState::Rejected => Err(EstError::Forbidden(format!(
+                    "an operator rejected this request (id {id})"
+                ))),
+                PendingState::Approved => Ok(Approval::Approved(id)),
+                PendingState::Issued => {
+                    let serial = request.issued_serial.unwrap_or_default();
+                    let record = self
+                        .registry
+                        .find_by_serial(&serial)
+                        .await
+                        .map_err(EstError::internal)?
+                        .ok_or_else(|| {
+                            EstError::internal(format!("issued serial {serial} missing"))
+                        })?;
+                    let certificate = est_wire::pem::certificate_from_der(&record.certificate.der)
+                        .map_err(EstError::internal)?;
+                    Ok(Approval::AlreadyIssued(Enrolled {
+                        certificate,
+                        serial,
+                        renewed: None,
+                    }))
+                }
+            },
+        }
+    }
+}
+
+enum Approval {
+    Approved(String),
+    AlreadyIssued(Enrolled),
+}
+
+/// Decides whether `principal` may have `csr` on `label`. For a renewal it
+/// returns the predecessor's serial and certificate.
+fn authorize<'p>(
+    principal: &'p Principal,
+    csr: &Csr,
+    label: &Label,
+) -> Result<Option<(&'p str, &'p Certificate)>, EstError> {
+    match principal {
+        Principal::User { .. } => Ok(None),
+        Principal::Bootstrap { certificate } => {
+            if label.config.bootstrap_subject_must_match {
+                let wanted = csr.common_name();
+                let have = certificate.common_name();
+                if wanted.is_none() || wanted != have {
+                    return Err(EstError::Forbidden(format!(
+                        "a bootstrap certificate for CN={} may only enroll that common name, not CN={}",
+                        have.unwrap_or_default(),
+                        wanted.unwrap_or_default()
+                    )));
+                }
+            }
+            Ok(None)
+        }
+        Principal::Identity {
+            certificate,
+            record,
+        } => {
+            let old = &certificate.certificate;
+            if record.certificate.label != label.registry_name() {
+                return Err(EstError::Forbidden(format!(
+                    "certificate {} was issued under label `{}`; renew it there",
+                    record.certificate.serial, record.certificate.label
+                )));
+            }
+            if !same_subject(csr.subject(), &old.tbs_certificate.subject) {
+                return Err(EstError::Forbidden(format!(
+                    "the CSR subject `{}` differs from the certificate being renewed (`{}`); RFC 7030 §4.2.2 requires the same subject",
+                    csr.subject(),
+                    old.tbs_certificate.subject
+                )));
+            }
+            let requested: Vec<GeneralName> = csr
+                .subject_alt_names()
+                .iter()
+                .filter(|n| label.profile.copies(n))
+                .cloned()
+                .collect();
+            let current = certificate_sans(old);
+            if !same_names(&requested, &current) {
+                return Err(EstError::Forbidden(format!(
+                    "the CSR subjectAltName [{}] differs from the certificate being renewed [{}]; RFC 7030 §4.2.2 requires the same names",
+                    general_names_text(&requested),
+                    general_names_text(&current)
+                )));
+            }
+            Ok(Some((record.certificate.serial.as_str(), old)))
+        }
+    }
+}
+
+/// Subjects match when their DER is identical or, failing that, their RFC 4514
+/// text is (a client may re-encode PrintableString as UTF8String).
+fn same_subject(a: &x509_cert::name::Name, b: &x509_cert::name::Name) -> bool {
+    a.to_der().ok() == b.to_der().ok() || a.to_string() == b.to_string()
+}
+
+/// A renewal must produce the same identity the predecessor had.
+fn ensure_same_identity(new: &Certificate, old: &Certificate) -> Result<(), EstError> {
+    let same = same_subject(&new.tbs_certificate.subject, &old.tbs_certificate.subject)
+        && same_names(&certificate_sans(new), &certificate_sans(old));
+    if same {
+        Ok(())
+    } else {
+        Err(EstError::internal(
+            "backend issued a successor whose identity differs from its predecessor",
+        ))
+    }
+}

@@ -1,0 +1,406 @@
+//! The HTTPS listener: TLS accept, HTTP/1.1 via hyper, routing, limits,
+//! media types, and turning outcomes into EST responses.
+//!
+//! Policy lives in [`crate::enroll`]; this module only moves bytes in and
+//! out, so that every response carries `Content-Length` (never chunked),
+//! header names spelled as real clients compare them ([`crate::header_case`]),
+//! and a plain-text body that says what was wrong.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use hyper::http::Extensions;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{ClientCertificate, Credentials};
+use crate::config::Limits;
+use crate::enroll::{EnrollRequest, EnrollService, Label};
+use crate::error::EstError;
+use crate::router::{route, Operation, RouteError};
+use est_wire::media;
+
+/// Everything a request handler needs, shared by all connections.
+pub struct AppState {
+    /// Labels by registry name (`""` is the unlabelled path).
+    pub labels: HashMap<String, Label>,
+    /// The enrollment path.
+    pub enroll: EnrollService,
+    /// Basic realm.
+    pub realm: String,
+    /// Limits.
+    pub limits: Limits,
+    /// Makes hyper spell header names exactly (see [`crate::header_case`]).
+    pub header_case: Extensions,
+    next_request_id: AtomicU64,
+}
+
+impl AppState {
+    /// Bundles the pieces.
+    pub fn new(
+        labels: HashMap<String, Label>,
+        enroll: EnrollService,
+        realm: String,
+        limits: Limits,
+        header_case: Extensions,
+    ) -> Self {
+        Self {
+            labels,
+            enroll,
+            realm,
+            limits,
+            header_case,
+            next_request_id: AtomicU64::new(1),
+        }
+    }
+}
+
+/// Per-connection facts.
+struct Connection {
+    peer: SocketAddr,
+    client_certificate: Option<ClientCertificate>,
+}
+
+/// Accepts connections until `shutdown` resolves.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let permits = Arc::new(Semaphore::new(state.limits.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let state = state.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            serve_connection(state, acceptor, tcp, peer).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    state: Arc<AppState>,
+    acceptor: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let handshake =
+        tokio::time::timeout(state.limits.handshake_timeout, acceptor.accept(tcp)).await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let client_certificate = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|chain| {
+            chain
+                .iter()
+                .map(|c| c.clone().into_owned())
+                .collect::<Vec<_>>()
+        })
+        .and_then(ClientCertificate::from_chain);
+    let connection = Arc::new(Connection {
+        peer,
+        client_certificate,
+    });
+    let header_timeout = state.limits.header_timeout;
+    let service = hyper::service::service_fn(move |request| {
+        let state = state.clone();
+        let connection = connection.clone();
+        async move { Ok::<_, Infallible>(handle(&state, &connection, request).await) }
+    });
+    let result = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .title_case_headers(true)
+        .max_buf_size(16 * 1024)
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves one request; never fails (errors become responses).
+async fn handle(
+    state: &AppState,
+    connection: &Connection,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let request_id = state.next_request_id.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let outcome = dispatch(state, connection, request).await;
+    let response = match outcome {
+        Ok(response) => response,
+        Err(error) => error_response(state, &error, request_id),
+    };
+    let status = response.status().as_u16();
+    if status >= 500 {
+        tracing::error!(request_id, peer = %connection.peer, %method, %path, status, "request failed");
+    } else {
+        tracing::debug!(
+            request_id,
+            peer = %connection.peer,
+            %method,
+            %path,
+            status,
+            micros = started.elapsed().as_micros() as u64,
+            "request"
+        );
+    }
+    finish(state, response)
+}
+
+async fn dispatch(
+    state: &AppState,
+    connection: &Connection,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, EstError> {
+    let path = request.uri().path().to_owned();
+    let route = match route(request.method().as_str(), &path) {
+        Ok(route) => route,
+        Err(RouteError::NotFound) => {
+            return Err(EstError::NotFound(format!(
+                "no EST resource at {}",
+                truncate(&path)
+            )))
+        }
+        Err(RouteError::MethodNotAllowed(allowed)) => {
+            let mut response = text_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} is not allowed here; use {allowed}", request.method()),
+            );
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allowed));
+            return Ok(response);
+        }
+    };
+    let label_key = route.label.unwrap_or("");
+    let label = state
+        .labels
+        .get(label_key)
+        .ok_or_else(|| EstError::NotFound(format!("unknown EST label `{label_key}`")))?;
+
+    match route.operation {
+        Operation::CaCerts => {
+            let chain = label.backend.ca_certs().await?;
+            let der = est_wire::pkcs7::encode_certs_only(&chain).map_err(EstError::internal)?;
+            Ok(base64_response(media::PKCS7_MIME, &der))
+        }
+        Operation::CsrAttrs => Ok(match &label.csrattrs {
+            Some(der) => base64_response(media::CSRATTRS, der),
+            None => empty_response(StatusCode::NO_CONTENT),
+        }),
+        Operation::SimpleEnroll | Operation::SimpleReenroll => {
+            let credentials = Credentials {
+                authorization: request
+                    .headers()
+                    .get(AUTHORIZATION)
+                    .map(|v| v.as_bytes().to_vec()),
+                client_certificate: connection.client_certificate.clone(),
+            };
+            let body = read_pkcs10_body(state, request).await?;
+            let enrolled = state
+                .enroll
+                .enroll(EnrollRequest {
+                    label,
+                    operation: route.operation,
+                    credentials,
+                    body: &body,
+                })
+                .await?;
+            let der =
+                est_wire::pkcs7::encode_certs_only(std::slice::from_ref(&enrolled.certificate))
+                    .map_err(EstError::internal)?;
+            Ok(base64_response(media::PKCS7_CERTS_ONLY, &der))
+        }
+        Operation::ServerKeyGen => Err(EstError::NotImplemented(
+            "serverkeygen is not offered by this server".into(),
+        )),
+    }
+}
+
+/// Checks the media type and size, then reads the body within the time limit.
+async fn read_pkcs10_body(state: &AppState, request: Request<Incoming>) -> Result<Bytes, EstError> {
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !media::matches(content_type, media::PKCS10) {
+        return Err(EstError::UnsupportedMediaType(format!(
+            "Content-Type must be {} (got `{}`)",
+            media::PKCS10,
+            truncate(content_type)
+        )));
+    }
+    let limit = state.limits.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let collected = tokio::time::timeout(
+        state.limits.body_timeout,
+        Limited::new(request.into_body(), limit).collect(),
+    )
+    .await
+    .map_err(|_| EstError::Timeout("the request body did not arrive in time".into()))?;
+    match collected {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
+        Err(e) => Err(EstError::BadRequest(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+fn too_large(limit: usize) -> EstError {
+    EstError::TooLarge(format!("the request body exceeds {limit} bytes"))
+}
+
+fn error_response(state: &AppState, error: &EstError, request_id: u64) -> Response<Full<Bytes>> {
+    let status = match error {
+        EstError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        EstError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        EstError::Forbidden(_) => StatusCode::FORBIDDEN,
+        EstError::NotFound(_) => StatusCode::NOT_FOUND,
+        EstError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+        EstError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        EstError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        EstError::Pending { .. } => StatusCode::ACCEPTED,
+        EstError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+        EstError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        EstError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let message = if error.is_server_fault() {
+        tracing::error!(request_id, error = %error, "internal fault");
+        format!("the server could not complete the request (request id {request_id})")
+    } else {
+        tracing::info!(request_id, status = status.as_u16(), reason = %error, "refused");
+        error.to_string()
+    };
+    let mut response = text_response(status, message);
+    let headers = response.headers_mut();
+    match error {
+        EstError::Unauthorized(_) => {
+            let challenge = format!("Basic realm=\"{}\"", state.realm.replace('"', ""));
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                headers.insert(WWW_AUTHENTICATE, value);
+            }
+        }
+        EstError::Pending {
+            retry_after_secs, ..
+        } => {
+            headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        EstError::Unavailable(_) => {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("30"));
+        }
+        _ => {}
+    }
+    response
+}
+
+fn base64_response(content_type: &'static str, der: &[u8]) -> Response<Full<Bytes>> {
+    let body = est_wire::body::encode(der);
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        "content-transfer-encoding",
+        HeaderValue::from_static(media::TRANSFER_ENCODING_BASE64),
+    );
+    response
+}
+
+fn text_response(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{message}\n"))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn empty_response(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+
+/// Adds what every response carries: the header spelling and an explicit length.
+fn finish(state: &AppState, mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    use hyper::body::Body;
+    let length = response.body().size_hint().exact().unwrap_or(0);
+    if response.status() != StatusCode::NO_CONTENT {
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    *response.extensions_mut() = state.header_case.clone();
+    response
+}
+
+/// Shortens client-supplied text before it is echoed back.
+fn truncate(text: &str) -> String {
+    const MAX: usize = 120;
+    let cleaned: String = text
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(MAX)
+        .collect();
+    if text.chars().count() > MAX {
+        format!("{cleaned}…")
+    } else {
+        cleaned
+    }
+}

@@ -1,0 +1,18 @@
+//! EST (RFC 7030) server for IoT fleets.
+//!
+//! The request path reads top to bottom: [`http`] (TLS, HTTP/1.1, limits,
+//! media types) → [`router`] → [`enroll`] (authenticate via [`auth`],
+//! parse, authorize, approve, issue via a `ca_backends::CaBackend`, record in
+//! [`registry`]) → back to [`http`] to encode the answer.
+
+pub mod auth;
+pub mod config;
+pub mod dev;
+pub mod enroll;
+pub mod error;
+pub mod header_case;
+pub mod http;
+pub mod registry;
+pub mod router;
+pub mod server;
+pub mod tls;
