@@ -97,7 +97,7 @@ impl EnrollService {
         let pending_id = match (&renewal_of, label.config.require_approval) {
             (None, true) => match self.approval(label, &csr, &principal).await? {
                 Approval::Approved(id) => Some(id),
-                Approval::AlreadyIssued(enrolled) => return Ok(enrolled),
+                Approval::AlreadyIssued(enrolled) => return Ok(*enrolled),
             },
             _ => None,
         };
@@ -212,11 +212,11 @@ impl EnrollService {
                         })?;
                     let certificate = est_wire::pem::certificate_from_der(&record.certificate.der)
                         .map_err(EstError::internal)?;
-                    Ok(Approval::AlreadyIssued(Enrolled {
+                    Ok(Approval::AlreadyIssued(Box::new(Enrolled {
                         certificate,
                         serial,
                         renewed: None,
-                    }))
+                    })))
                 }
             },
         }
@@ -225,7 +225,7 @@ impl EnrollService {
 
 enum Approval {
     Approved(String),
-    AlreadyIssued(Enrolled),
+    AlreadyIssued(Box<Enrolled>),
 }
 
 /// Decides whether `principal` may have `csr` on `label`. For a renewal it

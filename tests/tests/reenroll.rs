@@ -1,0 +1,280 @@
+//! Re-enrollment is rotation: /simplereenroll over mTLS, and /simpleenroll
+//! with a certificate this server issued (how Azure IoT Edge renews).
+
+use est_e2e::*;
+
+fn serial_of(cert: &std::path::Path) -> String {
+    x509(cert, &["-serial"])
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase()
+}
+
+fn state_of(server: &Server, serial: &str) -> String {
+    let listing = server.admin(&["certs", "list"]);
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with(serial))
+        .unwrap_or_else(|| panic!("{serial} not in\n{listing}"));
+    line.split_whitespace().nth(1).unwrap().to_owned()
+}
+
+fn mtls<'a>(cert: &'a str, key: &'a str) -> [&'a str; 4] {
+    ["--cert", cert, "--key", key]
+}
+
+#[test]
+fn renew_with_same_key_then_rekey_supersedes_each_predecessor() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let subject = "/CN=rotating-device/O=Fleet";
+    let san = "subjectAltName=DNS:rotating.example";
+    let first = Csr::new(work.path(), "first", KeyType::P256, subject, &[san]);
+    let cert1 = work.path().join("1.pem");
+    enroll_basic(&server, None, &first, &cert1);
+
+    // Renew: same key.
+    let renew = Csr::for_key(work.path(), "renew", &first.key, subject, &[san]);
+    let (c, k) = (cert1.display().to_string(), first.key.display().to_string());
+    let response = post_csr(&server, None, "simplereenroll", &renew.b64, &mtls(&c, &k));
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.header_exact("Content-Type").as_deref(),
+        Some("application/pkcs7-mime; smime-type=certs-only")
+    );
+    let pem = pkcs7_to_pem(&response.body);
+    assert_eq!(count_certs(&pem), 1);
+    let cert2 = work.path().join("2.pem");
+    std::fs::write(&cert2, pem).unwrap();
+    assert_ne!(serial_of(&cert1), serial_of(&cert2));
+    assert_eq!(x509(&cert1, &["-subject"]), x509(&cert2, &["-subject"]));
+    assert_eq!(state_of(&server, &serial_of(&cert1)), "superseded");
+    assert_eq!(state_of(&server, &serial_of(&cert2)), "active");
+
+    // The superseded certificate can no longer renew.
+    let response = post_csr(&server, None, "simplereenroll", &renew.b64, &mtls(&c, &k));
+    assert_eq!(response.status, 403, "{}", response.text());
+    assert!(response.text().contains("superseded"));
+
+    // Rekey: new key, authenticated by the current certificate.
+    let rekey = Csr::new(work.path(), "rekey", KeyType::P256, subject, &[san]);
+    let c2 = cert2.display().to_string();
+    let response = post_csr(&server, None, "simplereenroll", &rekey.b64, &mtls(&c2, &k));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let cert3 = work.path().join("3.pem");
+    std::fs::write(&cert3, pkcs7_to_pem(&response.body)).unwrap();
+    let new_key = openssl(&["pkey", "-in", &rekey.key.display().to_string(), "-pubout"]);
+    let cert_key = openssl(&[
+        "x509",
+        "-in",
+        &cert3.display().to_string(),
+        "-noout",
+        "-pubkey",
+    ]);
+    assert_eq!(new_key, cert_key);
+    assert_eq!(state_of(&server, &serial_of(&cert2)), "superseded");
+    let listing = server.admin(&["certs", "list"]);
+    assert!(
+        listing.contains(&format!("predecessor={}", serial_of(&cert2))),
+        "{listing}"
+    );
+    server.assert_healthy();
+}
+
+#[test]
+fn identity_certificate_on_simpleenroll_is_a_renewal_iot_edge_style() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let first = Csr::new(
+        work.path(),
+        "edge",
+        KeyType::P256,
+        "/CN=edge-device-9",
+        &["extendedKeyUsage=clientAuth"],
+    );
+    let cert1 = work.path().join("edge1.pem");
+    enroll_basic(&server, Some("iot"), &first, &cert1);
+    // Renew on the same label with a new key, Basic sent up front as IoT Edge does.
+    let next = Csr::new(
+        work.path(),
+        "edge2",
+        KeyType::P256,
+        "/CN=edge-device-9",
+        &["extendedKeyUsage=clientAuth"],
+    );
+    let (c, k) = (cert1.display().to_string(), first.key.display().to_string());
+    let mut args = mtls(&c, &k).to_vec();
+    args.extend([
+        "-u",
+        "estuser:estpwd",
+        "-H",
+        "Content-Transfer-Encoding: base64",
+    ]);
+    let response = post_csr(&server, Some("iot"), "simpleenroll", &next.b64, &args);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let cert2 = work.path().join("edge2.pem");
+    std::fs::write(&cert2, pkcs7_to_pem(&response.body)).unwrap();
+    assert_eq!(state_of(&server, &serial_of(&cert1)), "superseded");
+    let listing = server.admin(&["certs", "list"]);
+    assert!(
+        listing.contains(&format!("auth=identity-cert:{}", serial_of(&cert1))),
+        "{listing}"
+    );
+
+    // Renewing on another label is refused.
+    let c2 = cert2.display().to_string();
+    let k2 = next.key.display().to_string();
+    let again = Csr::for_key(work.path(), "edge3", &next.key, "/CN=edge-device-9", &[]);
+    let response = post_csr(&server, None, "simpleenroll", &again.b64, &mtls(&c2, &k2));
+    assert_eq!(response.status, 403, "{}", response.text());
+    assert!(response.text().contains("label"), "{}", response.text());
+}
+
+#[test]
+fn reenroll_refuses_another_identity() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let first = Csr::new(
+        work.path(),
+        "a",
+        KeyType::P256,
+        "/CN=device-a",
+        &["subjectAltName=DNS:a.example"],
+    );
+    let cert = work.path().join("a.pem");
+    enroll_basic(&server, None, &first, &cert);
+    let (c, k) = (cert.display().to_string(), first.key.display().to_string());
+
+    let other_subject = Csr::for_key(
+        work.path(),
+        "b",
+        &first.key,
+        "/CN=device-b",
+        &["subjectAltName=DNS:a.example"],
+    );
+    let response = post_csr(
+        &server,
+        None,
+        "simplereenroll",
+        &other_subject.b64,
+        &mtls(&c, &k),
+    );
+    assert_eq!(response.status, 403);
+    assert!(response.text().contains("subject"), "{}", response.text());
+
+    let other_san = Csr::for_key(
+        work.path(),
+        "c",
+        &first.key,
+        "/CN=device-a",
+        &["subjectAltName=DNS:b.example"],
+    );
+    let response = post_csr(
+        &server,
+        None,
+        "simplereenroll",
+        &other_san.b64,
+        &mtls(&c, &k),
+    );
+    assert_eq!(response.status, 403);
+    assert!(
+        response.text().contains("subjectAltName"),
+        "{}",
+        response.text()
+    );
+
+    // Still active after the refusals.
+    let same = Csr::for_key(
+        work.path(),
+        "d",
+        &first.key,
+        "/CN=device-a",
+        &["subjectAltName=DNS:a.example"],
+    );
+    let response = post_csr(&server, None, "simplereenroll", &same.b64, &mtls(&c, &k));
+    assert_eq!(response.status, 200, "{}", response.text());
+}
+
+#[test]
+fn reenroll_needs_an_issued_certificate() {
+    let work = tempfile::tempdir().unwrap();
+    let manufacturer = ManufacturerCa::new(work.path(), "Manufacturer CA");
+    let server = Server::start_with(&config_with(""), Some(&manufacturer.cert));
+    let csr = Csr::new(work.path(), "n", KeyType::P256, "/CN=no-cert", &[]);
+    // No client certificate: 401, even with Basic.
+    let response = post_csr(
+        &server,
+        None,
+        "simplereenroll",
+        &csr.b64,
+        &["-u", "estuser:estpwd"],
+    );
+    assert_eq!(response.status, 401);
+    assert!(response.header_exact("WWW-Authenticate").is_some());
+    // A bootstrap certificate is not an identity: 403.
+    let (boot, key) = manufacturer.issue("no-cert");
+    let (b, k) = (boot.display().to_string(), key.display().to_string());
+    let response = post_csr(&server, None, "simplereenroll", &csr.b64, &mtls(&b, &k));
+    assert_eq!(response.status, 403, "{}", response.text());
+}
+
+#[test]
+fn revoked_certificate_cannot_renew() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let first = Csr::new(work.path(), "r", KeyType::P256, "/CN=revoked-device", &[]);
+    let cert = work.path().join("r.pem");
+    enroll_basic(&server, None, &first, &cert);
+    server.admin(&["certs", "revoke", &serial_of(&cert)]);
+    let (c, k) = (cert.display().to_string(), first.key.display().to_string());
+    let response = post_csr(&server, None, "simplereenroll", &first.b64, &mtls(&c, &k));
+    assert_eq!(response.status, 403);
+    assert!(response.text().contains("revoked"), "{}", response.text());
+}
+
+#[test]
+fn expired_certificate_fails_the_handshake() {
+    let server = Server::start_with(
+        &config_with("[profiles.short]\nvalidity = \"1s\"\nbackdate = \"0s\"\n[labels.short]\nprofile = \"short\"\n"),
+        None,
+    );
+    let work = tempfile::tempdir().unwrap();
+    let first = Csr::new(work.path(), "e", KeyType::P256, "/CN=expiring", &[]);
+    let cert = work.path().join("e.pem");
+    enroll_basic(&server, Some("short"), &first, &cert);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (c, k) = (cert.display().to_string(), first.key.display().to_string());
+    let response = post_csr(
+        &server,
+        Some("short"),
+        "simplereenroll",
+        &first.b64,
+        &mtls(&c, &k),
+    );
+    assert_eq!(
+        response.status,
+        0,
+        "no HTTP answer to an expired certificate: {}",
+        response.text()
+    );
+    assert_ne!(response.exit, 0);
+    server.assert_healthy();
+}
+
+#[test]
+fn registry_survives_restart() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let first = Csr::new(work.path(), "p", KeyType::P256, "/CN=persistent", &[]);
+    let cert = work.path().join("p.pem");
+    enroll_basic(&server, None, &first, &cert);
+    let server = server.restart();
+    let (c, k) = (cert.display().to_string(), first.key.display().to_string());
+    let response = post_csr(&server, None, "simplereenroll", &first.b64, &mtls(&c, &k));
+    assert_eq!(
+        response.status,
+        200,
+        "same CA and registry after restart: {}",
+        response.text()
+    );
+}
