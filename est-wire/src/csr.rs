@@ -343,6 +343,63 @@ fn challenge_password(request: &CertReq) -> Result<Option<String>, CsrError> {
         .ok_or_else(|| CsrError::Malformed("challengePassword is not a string".into()))
 }
 
+/// What to put in a new certification request.
+#[derive(Debug, Clone, Default)]
+pub struct CsrSpec {
+    /// Subject name.
+    pub subject: Name,
+    /// SubjectAltName entries (none: no extension).
+    pub subject_alt_names: Vec<GeneralName>,
+    /// Further extensions to request.
+    pub extensions: Vec<Extension>,
+    /// `challengePassword` attribute (RFC 7030 §3.5 channel binding).
+    pub challenge_password: Option<String>,
+}
+
+/// Builds and signs a PKCS#10 request with `key`; returns its DER.
+pub fn build(spec: &CsrSpec, key: &crate::keys::SigningKey) -> Result<Vec<u8>, der::Error> {
+    use der::asn1::{BitString, SetOfVec};
+    use x509_cert::attr::Attribute;
+    use x509_cert::request::{CertReqInfo, Version};
+
+    let mut extensions = spec.extensions.clone();
+    if !spec.subject_alt_names.is_empty() {
+        extensions.push(Extension {
+            extn_id: rfc5912::ID_CE_SUBJECT_ALT_NAME,
+            critical: false,
+            extn_value: der::asn1::OctetString::new(
+                SubjectAltName(spec.subject_alt_names.clone()).to_der()?,
+            )?,
+        });
+    }
+    let mut attributes = SetOfVec::new();
+    if !extensions.is_empty() {
+        attributes.insert(Attribute::try_from(ExtensionReq(extensions))?)?;
+    }
+    if let Some(password) = &spec.challenge_password {
+        let value = der::Any::encode_from(&der::asn1::Utf8StringRef::new(password)?)?;
+        attributes.insert(Attribute {
+            oid: CHALLENGE_PASSWORD,
+            values: SetOfVec::try_from(vec![value])?,
+        })?;
+    }
+    let info = CertReqInfo {
+        version: Version::V1,
+        subject: spec.subject.clone(),
+        public_key: key.public_key_info(),
+        attributes,
+    };
+    let signature = key
+        .sign(&info.to_der()?)
+        .map_err(|_| der::Error::from(der::ErrorKind::Failed))?;
+    CertReq {
+        info,
+        algorithm: key.signature_algorithm(),
+        signature: BitString::from_bytes(&signature)?,
+    }
+    .to_der()
+}
+
 /// A readable name for an OID: its registered name when known, else dotted decimal.
 pub fn oid_name(oid: &ObjectIdentifier) -> String {
     const_oid::db::DB
@@ -446,6 +503,57 @@ mod tests {
             Err(CsrError::Malformed(_))
         ));
         assert!(matches!(Csr::from_der(b""), Err(CsrError::Malformed(_))));
+    }
+
+    fn name_with_raw_cn(tag: Tag, value: &[u8]) -> Name {
+        use der::asn1::SetOfVec;
+        use x509_cert::attr::AttributeTypeAndValue;
+        use x509_cert::name::RelativeDistinguishedName;
+        let atv = AttributeTypeAndValue {
+            oid: rfc4519::COMMON_NAME,
+            value: der::Any::new(tag, value.to_vec()).unwrap(),
+        };
+        x509_cert::name::RdnSequence(vec![RelativeDistinguishedName(
+            SetOfVec::try_from(vec![atv]).unwrap(),
+        )])
+    }
+
+    #[test]
+    fn built_requests_verify_and_carry_what_was_asked() {
+        use der::asn1::Ia5String;
+        let key = crate::keys::SigningKey::generate(crate::keys::KeyAlgorithm::EcP256).unwrap();
+        let spec = CsrSpec {
+            subject: "CN=built,O=Example".parse().unwrap(),
+            subject_alt_names: vec![GeneralName::DnsName(
+                Ia5String::new("built.example").unwrap(),
+            )],
+            extensions: vec![],
+            challenge_password: Some("binding-value".into()),
+        };
+        let csr = Csr::from_der(&build(&spec, &key).unwrap()).unwrap();
+        assert_eq!(csr.common_name().as_deref(), Some("built"));
+        assert_eq!(csr.subject_alt_names().len(), 1);
+        assert_eq!(csr.challenge_password(), Some("binding-value"));
+        assert_eq!(csr.public_key(), &key.public_key_info());
+    }
+
+    #[test]
+    fn rejects_nul_and_invalid_utf8_in_the_subject_even_when_signed() {
+        let key = crate::keys::SigningKey::generate(crate::keys::KeyAlgorithm::EcP256).unwrap();
+        for (tag, value, why) in [
+            (Tag::Utf8String, &b"evil\x00.example.com"[..], "control"),
+            (Tag::Utf8String, &b"\xff\xfe"[..], "not valid text"),
+            (Tag::PrintableString, &b"a\x01b"[..], "not valid text"),
+        ] {
+            let spec = CsrSpec {
+                subject: name_with_raw_cn(tag, value),
+                ..CsrSpec::default()
+            };
+            let der = build(&spec, &key).unwrap();
+            let err = Csr::from_der(&der).unwrap_err();
+            assert!(matches!(err, CsrError::BadSubject(_)), "{err}");
+            assert!(err.to_string().contains(why), "{err}");
+        }
     }
 
     #[test]
