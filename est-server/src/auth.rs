@@ -167,7 +167,15 @@ pub enum Principal {
         /// The certificate.
         certificate: ClientCertificate,
     },
-    /// A certificate this server issued and that is still current: a renewal.
+    /// A current certificate this server issued under another label, used to
+    /// authenticate a first enrollment on this one.
+    IssuedElsewhere {
+        /// The certificate presented.
+        certificate: ClientCertificate,
+        /// Its registry entry.
+        record: Box<CertificateRecord>,
+    },
+    /// A certificate this server issued under this label and that is still current: a renewal.
     Identity {
         /// The certificate presented.
         certificate: ClientCertificate,
@@ -186,6 +194,9 @@ impl Principal {
             }
             Principal::Identity { record, .. } => {
                 format!("identity-cert:{}", record.certificate.serial)
+            }
+            Principal::IssuedElsewhere { record, .. } => {
+                format!("issued-cert:{}", record.certificate.serial)
             }
         }
     }
@@ -225,6 +236,7 @@ impl Authenticator {
     /// Authenticates one enrollment request on a label.
     pub async fn authenticate(
         &self,
+        label_name: &str,
         label: &LabelConfig,
         operation: Operation,
         credentials: Credentials,
@@ -232,7 +244,29 @@ impl Authenticator {
         let mut certificate_refusal = None;
         if let Some(certificate) = credentials.client_certificate {
             match self.identity(certificate).await? {
-                CertificateKind::Identity(principal) => return Ok(principal),
+                CertificateKind::Identity(certificate, record) => {
+                    if record.certificate.label == label_name {
+                        return Ok(Principal::Identity {
+                            certificate,
+                            record,
+                        });
+                    }
+                    if operation == Operation::SimpleReenroll {
+                        return Err(EstError::Forbidden(format!(
+                            "certificate {} was issued under label `{}`; renew it there",
+                            record.certificate.serial, record.certificate.label
+                        )));
+                    }
+                    if label.auth.contains(&AuthMethod::IssuedCert) {
+                        return Ok(Principal::IssuedElsewhere {
+                            certificate,
+                            record,
+                        });
+                    }
+                    certificate_refusal = Some(
+                        "certificates issued under another label are not accepted on this label",
+                    );
+                }
                 CertificateKind::Retired(reason) => return Err(EstError::Forbidden(reason)),
                 CertificateKind::Other(certificate) => {
                     if operation == Operation::SimpleReenroll {
@@ -287,10 +321,7 @@ impl Authenticator {
         Ok(match record {
             None => CertificateKind::Other(certificate),
             Some(record) => match record.state {
-                CertState::Active => CertificateKind::Identity(Principal::Identity {
-                    certificate,
-                    record: Box::new(record),
-                }),
+                CertState::Active => CertificateKind::Identity(certificate, Box::new(record)),
                 CertState::Superseded => CertificateKind::Retired(format!(
                     "certificate {} has been superseded by {}; authenticate with the newer certificate",
                     record.certificate.serial,
@@ -306,7 +337,7 @@ impl Authenticator {
 }
 
 enum CertificateKind {
-    Identity(Principal),
+    Identity(ClientCertificate, Box<CertificateRecord>),
     Retired(String),
     Other(ClientCertificate),
 }

@@ -172,6 +172,9 @@ pub enum AuthMethod {
     Basic,
     /// A TLS client certificate from a `tls.bootstrap_trust` CA.
     BootstrapCert,
+    /// A current certificate this server issued under another label (Azure
+    /// IoT Edge asks for its Edge CA certificate with its identity certificate).
+    IssuedCert,
 }
 
 /// What one EST path (label) does.

@@ -159,8 +159,8 @@ extended_key_usage = []
 profile = "device"
 auth = ["basic", "bootstrap-cert"]
 
-# /.well-known/est/edgeca/...
+# /.well-known/est/edgeca/... (IoT Edge authenticates with its identity certificate)
 [labels.edgeca]
 profile = "edge-ca"
-auth = ["basic", "bootstrap-cert"]
+auth = ["basic", "bootstrap-cert", "issued-cert"]
 "#;

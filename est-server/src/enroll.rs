@@ -87,7 +87,12 @@ impl EnrollService {
         let label = request.label;
         let principal = self
             .authenticator
-            .authenticate(&label.config, request.operation, request.credentials)
+            .authenticate(
+                label.registry_name(),
+                &label.config,
+                request.operation,
+                request.credentials,
+            )
             .await?;
 
         let csr_der = est_wire::body::decode(request.body)?;
@@ -236,7 +241,7 @@ fn authorize<'p>(
     label: &Label,
 ) -> Result<Option<(&'p str, &'p Certificate)>, EstError> {
     match principal {
-        Principal::User { .. } => Ok(None),
+        Principal::User { .. } | Principal::IssuedElsewhere { .. } => Ok(None),
         Principal::Bootstrap { certificate } => {
             if label.config.bootstrap_subject_must_match {
                 let wanted = csr.common_name();
@@ -256,12 +261,6 @@ fn authorize<'p>(
             record,
         } => {
             let old = &certificate.certificate;
-            if record.certificate.label != label.registry_name() {
-                return Err(EstError::Forbidden(format!(
-                    "certificate {} was issued under label `{}`; renew it there",
-                    record.certificate.serial, record.certificate.label
-                )));
-            }
             if !same_subject(csr.subject(), &old.tbs_certificate.subject) {
                 return Err(EstError::Forbidden(format!(
                     "the CSR subject `{}` differs from the certificate being renewed (`{}`); RFC 7030 §4.2.2 requires the same subject",

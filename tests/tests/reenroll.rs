@@ -121,13 +121,64 @@ fn identity_certificate_on_simpleenroll_is_a_renewal_iot_edge_style() {
         "{listing}"
     );
 
-    // Renewing on another label is refused.
+    // On another label the identity certificate is not a renewal: without a method
+    // that label accepts it is refused, and simplereenroll there is 403.
     let c2 = cert2.display().to_string();
     let k2 = next.key.display().to_string();
     let again = Csr::for_key(work.path(), "edge3", &next.key, "/CN=edge-device-9", &[]);
     let response = post_csr(&server, None, "simpleenroll", &again.b64, &mtls(&c2, &k2));
+    assert_eq!(response.status, 401, "{}", response.text());
+    assert!(
+        response.text().contains("another label"),
+        "{}",
+        response.text()
+    );
+    let response = post_csr(&server, None, "simplereenroll", &again.b64, &mtls(&c2, &k2));
     assert_eq!(response.status, 403, "{}", response.text());
-    assert!(response.text().contains("label"), "{}", response.text());
+    assert!(
+        response.text().contains("renew it there"),
+        "{}",
+        response.text()
+    );
+    assert_eq!(state_of(&server, &serial_of(&cert2)), "active");
+}
+
+#[test]
+fn identity_certificate_authenticates_a_first_enrollment_where_issued_cert_is_allowed() {
+    let server = Server::start_with(
+        &config_with("[labels.edge-ca-issued]\nprofile = \"edge-ca\"\nauth = [\"issued-cert\"]\n"),
+        None,
+    );
+    let work = tempfile::tempdir().unwrap();
+    let id = Csr::new(work.path(), "id", KeyType::P256, "/CN=edge-7", &[]);
+    let cert = work.path().join("id.pem");
+    enroll_basic(&server, Some("iot"), &id, &cert);
+    let edge_ca = Csr::new(
+        work.path(),
+        "eca",
+        KeyType::P256,
+        "/CN=edge-7 Edge CA",
+        &["basicConstraints=critical,CA:TRUE,pathlen:0"],
+    );
+    let (c, k) = (cert.display().to_string(), id.key.display().to_string());
+    let response = post_csr(
+        &server,
+        Some("edge-ca-issued"),
+        "simpleenroll",
+        &edge_ca.b64,
+        &mtls(&c, &k),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let listing = server.admin(&["certs", "list"]);
+    assert!(
+        listing.contains(&format!("auth=issued-cert:{}", serial_of(&cert))),
+        "{listing}"
+    );
+    assert_eq!(
+        state_of(&server, &serial_of(&cert)),
+        "active",
+        "not a renewal of the identity"
+    );
 }
 
 #[test]

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The one test command (README "Run the tests"; .ci/run calls exactly this).
+# Installs what the tests need, then runs formatting and lint checks, every
+# unit and end-to-end test, and the interop runner.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_apt=()
+command -v curl >/dev/null || need_apt+=(curl)
+command -v openssl >/dev/null || need_apt+=(openssl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== build binaries"
+cargo build --workspace --bins
+echo "== cargo test"
+cargo test --workspace
+echo "== interop"
+interop/run.sh
