@@ -200,6 +200,23 @@ pub struct LabelConfig {
     /// A bootstrap certificate may only enroll its own common name.
     #[serde(default = "yes")]
     pub bootstrap_subject_must_match: bool,
+    /// Proof-of-possession linking (RFC 7030 §3.5 with RFC 9266 tls-exporter):
+    /// `off`, `verify` (check a challengePassword when present; default) or `require`.
+    #[serde(default)]
+    pub channel_binding: ChannelBinding,
+}
+
+/// How a label treats the CSR's challengePassword as TLS channel binding.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelBinding {
+    /// challengePassword is not interpreted.
+    Off,
+    /// When present, it must equal base64 of the connection's tls-exporter value.
+    #[default]
+    Verify,
+    /// It must be present and equal base64 of the connection's tls-exporter value.
+    Require,
 }
 
 impl Config {

@@ -16,7 +16,7 @@ use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::Certificate;
 
 use crate::auth::{Authenticator, Credentials, Principal};
-use crate::config::LabelConfig;
+use crate::config::{ChannelBinding, LabelConfig};
 use crate::error::EstError;
 use crate::registry::{
     unix_now, unix_seconds, NewCertificate, PendingRequest, PendingState, Registry, RegistryError,
@@ -54,6 +54,8 @@ pub struct EnrollRequest<'a> {
     pub credentials: Credentials,
     /// The request body (base64 PKCS#10).
     pub body: &'a [u8],
+    /// The TLS connection's RFC 9266 tls-exporter value, when available.
+    pub channel_binding: Option<[u8; 32]>,
 }
 
 /// A certificate handed out.
@@ -97,6 +99,7 @@ impl EnrollService {
 
         let csr_der = est_wire::body::decode(request.body)?;
         let csr = Csr::from_der(&csr_der)?;
+        check_channel_binding(label.config.channel_binding, &csr, request.channel_binding)?;
 
         let renewal_of = authorize(&principal, &csr, label)?;
         let pending_id = match (&renewal_of, label.config.require_approval) {
@@ -165,9 +168,11 @@ impl EnrollService {
         csr: &Csr,
         principal: &Principal,
     ) -> Result<Approval, EstError> {
+        // Label + subject + key: a retry with a fresh channel binding keeps its id.
         let mut id_input = label.registry_name().as_bytes().to_vec();
         id_input.push(b'\n');
-        id_input.extend_from_slice(csr.der());
+        id_input.extend_from_slice(&csr.subject().to_der().map_err(EstError::internal)?);
+        id_input.extend_from_slice(&csr.public_key().to_der().map_err(EstError::internal)?);
         let id = est_wire::sha256_hex(&id_input);
         let pending = |message: &str| EstError::Pending {
             retry_after_secs: label.config.retry_after.as_secs().max(1),
@@ -283,6 +288,36 @@ fn authorize<'p>(
                 )));
             }
             Ok(Some((record.certificate.serial.as_str(), old)))
+        }
+    }
+}
+
+/// Proof-of-possession linking: the CSR's challengePassword must be base64 of
+/// the connection's tls-exporter channel binding (RFC 7030 §3.5, RFC 9266).
+fn check_channel_binding(
+    mode: ChannelBinding,
+    csr: &Csr,
+    binding: Option<[u8; 32]>,
+) -> Result<(), EstError> {
+    use base64::Engine;
+    let presented = csr.challenge_password();
+    match (mode, presented) {
+        (ChannelBinding::Off, _) | (ChannelBinding::Verify, None) => Ok(()),
+        (ChannelBinding::Require, None) => Err(EstError::BadRequest(
+            "this label requires the CSR's challengePassword to carry the TLS channel binding (base64 of the RFC 9266 tls-exporter value)".into(),
+        )),
+        (_, Some(value)) => {
+            let expected = binding
+                .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+                .ok_or_else(|| EstError::internal("no channel binding for this connection"))?;
+            let matches: bool = subtle::ConstantTimeEq::ct_eq(value.as_bytes(), expected.as_bytes()).into();
+            if matches {
+                Ok(())
+            } else {
+                Err(EstError::BadRequest(
+                    "the CSR's challengePassword does not match this TLS connection's channel binding (RFC 9266 tls-exporter); build the CSR on the connection that sends it".into(),
+                ))
+            }
         }
     }
 }

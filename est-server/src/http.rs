@@ -72,6 +72,8 @@ impl AppState {
 struct Connection {
     peer: SocketAddr,
     client_certificate: Option<ClientCertificate>,
+    /// RFC 9266 tls-exporter value of this TLS connection.
+    channel_binding: Option<[u8; 32]>,
 }
 
 /// Accepts connections until `shutdown` resolves.
@@ -140,9 +142,17 @@ async fn serve_connection(
                 .collect::<Vec<_>>()
         })
         .and_then(ClientCertificate::from_chain);
+    let mut binding = [0u8; 32];
+    let exported = tls
+        .get_ref()
+        .1
+        .export_keying_material(&mut binding, b"EXPORTER-Channel-Binding", Some(b""))
+        .is_ok();
+    let channel_binding = exported.then_some(binding);
     let connection = Arc::new(Connection {
         peer,
         client_certificate,
+        channel_binding,
     });
     let header_timeout = state.limits.header_timeout;
     let service = hyper::service::service_fn(move |request| {
@@ -251,6 +261,7 @@ async fn dispatch(
                     operation: route.operation,
                     credentials,
                     body: &body,
+                    channel_binding: connection.channel_binding,
                 })
                 .await?;
             let der =

@@ -9,7 +9,7 @@ use ca_backends::local::{LocalCa, LocalCaBackend, LocalCaOptions};
 use tokio::net::TcpListener;
 
 use crate::auth::{Authenticator, Users};
-use crate::config::{Config, LabelConfig};
+use crate::config::{ChannelBinding, Config, LabelConfig};
 use crate::enroll::{EnrollService, Label};
 use crate::http::AppState;
 use crate::registry::Registry;
@@ -81,17 +81,19 @@ fn label(
     ca: &Arc<LocalCa>,
 ) -> anyhow::Result<Label> {
     let profile = config.profile(&label_config.profile);
-    let csrattrs = if label_config.csrattrs.is_empty() {
-        None
-    } else {
-        let oids = label_config
-            .csrattrs
-            .iter()
-            .map(|oid| const_oid::ObjectIdentifier::new(oid))
-            .collect::<Result<Vec<_>, _>>()
-            .context("csrattrs")?;
-        Some(est_wire::csrattrs::encode(&oids))
-    };
+    let mut oids = label_config
+        .csrattrs
+        .iter()
+        .map(|oid| const_oid::ObjectIdentifier::new(oid))
+        .collect::<Result<Vec<_>, _>>()
+        .context("csrattrs")?;
+    // A label that requires channel binding tells clients so (RFC 7030 §3.5).
+    if label_config.channel_binding == ChannelBinding::Require
+        && !oids.contains(&est_wire::csr::CHALLENGE_PASSWORD)
+    {
+        oids.insert(0, est_wire::csr::CHALLENGE_PASSWORD);
+    }
+    let csrattrs = (!oids.is_empty()).then(|| est_wire::csrattrs::encode(&oids));
     Ok(Label {
         name,
         config: label_config.clone(),

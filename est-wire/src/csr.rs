@@ -405,15 +405,16 @@ pub fn oid_name(oid: &ObjectIdentifier) -> String {
     const_oid::db::DB
         .by_oid(oid)
         .map(|name| format!("{name} ({oid})"))
-        .or_else(|| well_known_curve(oid).map(|name| format!("{name} ({oid})")))
+        .or_else(|| well_known_oid(oid).map(|name| format!("{name} ({oid})")))
         .unwrap_or_else(|| oid.to_string())
 }
 
-fn well_known_curve(oid: &ObjectIdentifier) -> Option<&'static str> {
+fn well_known_oid(oid: &ObjectIdentifier) -> Option<&'static str> {
     match oid.to_string().as_str() {
         "1.3.132.0.10" => Some("secp256k1"),
         "1.3.132.0.35" => Some("secp521r1"),
         "1.3.36.3.3.2.8.1.1.7" => Some("brainpoolP256r1"),
+        "1.2.840.113549.1.9.7" => Some("challengePassword"),
         _ => None,
     }
 }

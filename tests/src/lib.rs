@@ -29,6 +29,34 @@ pub fn server_binary() -> PathBuf {
     path
 }
 
+/// Path of the est-client binary under test (`$EST_CLIENT_BIN` or target/debug).
+pub fn client_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("EST_CLIENT_BIN") {
+        return PathBuf::from(path);
+    }
+    let path = server_binary().with_file_name("est-client");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build --workspace --bins`",
+        path.display()
+    );
+    path
+}
+
+/// Runs est-client with `args`; returns (exit code, stdout, stderr).
+pub fn est_client(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let output = Command::new(client_binary())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run est-client");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// An argon2 hash of `estpwd`, made once by the binary under test.
 pub fn estpwd_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
@@ -105,11 +133,15 @@ impl Server {
     }
 
     fn spawn(dir: tempfile::TempDir) -> Self {
+        Self::spawn_on(dir, "127.0.0.1:0")
+    }
+
+    fn spawn_on(dir: tempfile::TempDir, listen: &str) -> Self {
         let log = dir.path().join("server.log");
         let mut child = Command::new(server_binary())
             .args(["serve", "--dev", "--data-dir"])
             .arg(dir.path())
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .env("EST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -148,6 +180,17 @@ impl Server {
         let _ = self.child.wait();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         Self::spawn(dir)
+    }
+
+    /// Kills the server (as by a crash or an outage), keeping its data directory.
+    pub fn stop(mut self) -> StoppedServer {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        StoppedServer {
+            dir,
+            addr: self.addr.clone(),
+        }
     }
 
     /// Path inside the data directory.
@@ -233,6 +276,19 @@ impl Server {
         let mut full = vec!["--cacert".to_owned(), self.ca_pem().display().to_string()];
         full.extend(args.iter().map(|s| s.to_string()));
         curl(&full)
+    }
+}
+
+/// A server that was stopped; [`StoppedServer::start`] brings it back on the same port.
+pub struct StoppedServer {
+    dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl StoppedServer {
+    /// Starts the server again on its old address and data directory.
+    pub fn start(self) -> Server {
+        Server::spawn_on(self.dir, &self.addr)
     }
 }
 

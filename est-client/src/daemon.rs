@@ -1,0 +1,408 @@
+//! Renewal: one attempt ([`Renewer::renew_once`]) and the loop around it
+//! ([`Renewer::run`]).
+//!
+//! An attempt renews with `/simplereenroll` over mTLS with the current pair.
+//! When there is no current certificate, it has expired, or the server
+//! rejects it (401/403), the bootstrap credentials (Basic and/or a bootstrap
+//! certificate) enroll afresh with `/simpleenroll`. A new certificate is
+//! installed only after it verifies against the trust anchors and certifies
+//! the key; then the optional hook runs.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use est_wire::csr::CsrSpec;
+use est_wire::keys::{KeyAlgorithm, SigningKey};
+use serde::Deserialize;
+use x509_cert::Certificate;
+use zeroize::Zeroizing;
+
+use crate::client::{ClientError, CsrSource, EstClient, EstClientConfig};
+use crate::files::{install_pair, read_certificate, recover_pair};
+use crate::policy::{with_jitter, AutoRenew};
+use crate::transport::{read_certs, read_key, ClientIdentity, ServerTrust};
+
+/// The renewal configuration file (TOML).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewConfig {
+    /// `https://host:port`.
+    pub server: String,
+    /// EST label, if any.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// PEM trust anchors for the server and for issued certificates.
+    pub trust: Vec<PathBuf>,
+    /// Where the device certificate lives.
+    pub cert: PathBuf,
+    /// Where its private key lives.
+    pub key: PathBuf,
+    /// Key type for new keys: p256 (default), p384, rsa2048, rsa3072.
+    #[serde(default = "default_key_algorithm")]
+    pub key_algorithm: String,
+    /// Put the TLS channel binding into CSRs (RFC 9266).
+    #[serde(default)]
+    pub channel_binding: bool,
+    /// Command (argv) to run after a successful renewal.
+    #[serde(default)]
+    pub hook: Vec<String>,
+    /// Threshold, retry and key rotation.
+    #[serde(default)]
+    pub auto_renew: AutoRenew,
+    /// Fallback credentials for a first or lapsed enrollment.
+    #[serde(default)]
+    pub bootstrap: Option<Bootstrap>,
+}
+
+/// Credentials for `/simpleenroll` when there is no usable identity certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bootstrap {
+    /// HTTP Basic user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Name of the environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password (first line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Bootstrap (manufacturer) certificate.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Subject CN for a first enrollment (default: the bootstrap certificate's CN).
+    #[serde(default)]
+    pub common_name: Option<String>,
+}
+
+fn default_key_algorithm() -> String {
+    "p256".into()
+}
+
+impl RenewConfig {
+    /// Loads and checks a config file; relative paths are relative to its directory.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut config: RenewConfig =
+            toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        config.trust.iter_mut().for_each(resolve);
+        resolve(&mut config.cert);
+        resolve(&mut config.key);
+        if let Some(b) = &mut config.bootstrap {
+            b.cert.iter_mut().for_each(resolve);
+            b.key.iter_mut().for_each(resolve);
+            b.password_file.iter_mut().for_each(resolve);
+        }
+        config
+            .key_algorithm
+            .parse::<KeyAlgorithm>()
+            .map_err(|e| anyhow::anyhow!("key_algorithm: {e}"))?;
+        Ok(config)
+    }
+}
+
+/// The result of one attempt.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Nothing to do until `due`.
+    NotDue {
+        /// When renewal becomes due.
+        due: SystemTime,
+    },
+    /// A new certificate is installed.
+    Renewed {
+        /// Its serial, hex.
+        serial: String,
+        /// Its end of validity.
+        not_after: SystemTime,
+        /// Whether the bootstrap credentials were used.
+        via_bootstrap: bool,
+    },
+}
+
+/// Renews one device certificate according to a [`RenewConfig`].
+pub struct Renewer {
+    config: RenewConfig,
+}
+
+impl Renewer {
+    /// Wraps a configuration.
+    pub fn new(config: RenewConfig) -> Self {
+        Self { config }
+    }
+
+    fn anchors(&self) -> anyhow::Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+        let mut anchors = Vec::new();
+        for path in &self.config.trust {
+            anchors.extend(read_certs(path)?);
+        }
+        Ok(anchors)
+    }
+
+    fn client(
+        &self,
+        basic: Option<(String, Zeroizing<String>)>,
+        identity: Option<(&Path, &Path)>,
+    ) -> anyhow::Result<EstClient> {
+        let mut config = EstClientConfig::new(
+            self.config.server.clone(),
+            ServerTrust::Anchors(self.anchors()?),
+        );
+        config.label = self.config.label.clone();
+        config.basic = basic;
+        config.channel_binding = self.config.channel_binding;
+        if let Some((cert, key)) = identity {
+            config.identity = Some(ClientIdentity {
+                chain: read_certs(cert)?,
+                key: read_key(key)?,
+            });
+        }
+        Ok(EstClient::new(config)?)
+    }
+
+    /// Renews if due (or if `force`), installing the result.
+    pub async fn renew_once(&self, force: bool) -> anyhow::Result<Outcome> {
+        let cfg = &self.config;
+        recover_pair(&cfg.cert, &cfg.key)?;
+        let current = if cfg.cert.exists() {
+            Some(read_certificate(&cfg.cert)?)
+        } else {
+            None
+        };
+        let now = SystemTime::now();
+        if let Some(cert) = &current {
+            let (not_before, not_after) = validity(cert);
+            let due = cfg.auto_renew.due_at(not_before, not_after);
+            if now < due && !force {
+                return Ok(Outcome::NotDue { due });
+            }
+        }
+
+        let algorithm: KeyAlgorithm = cfg
+            .key_algorithm
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?;
+        let rotate = cfg.auto_renew.rotate_key || !cfg.key.exists();
+        let key = if rotate {
+            SigningKey::generate(algorithm)?
+        } else {
+            SigningKey::from_pem(&std::fs::read(&cfg.key)?)?
+        };
+
+        let mut via_bootstrap = false;
+        let issued = match &current {
+            Some(cert) if validity(cert).1 > now => {
+                let spec = spec_from(cert);
+                let client = self.client(None, Some((&cfg.cert, &cfg.key)))?;
+                match client
+                    .simplereenroll(CsrSource::Build {
+                        spec: &spec,
+                        key: &key,
+                    })
+                    .await
+                {
+                    Ok(issued) => issued,
+                    Err(e) if e.is_auth_rejection() && cfg.bootstrap.is_some() => {
+                        tracing::warn!(error = %e, "current certificate rejected; falling back to bootstrap credentials");
+                        via_bootstrap = true;
+                        self.bootstrap_enroll(&spec, &key).await?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => {
+                tracing::info!("no valid certificate; enrolling with bootstrap credentials");
+                via_bootstrap = true;
+                let spec = match &current {
+                    Some(cert) => spec_from(cert),
+                    None => self.first_spec()?,
+                };
+                self.bootstrap_enroll(&spec, &key).await?
+            }
+        };
+
+        // Verify before installing: chains to the trust anchors through /cacerts, certifies our key.
+        let chain = self.client(None, None)?.cacerts().await?;
+        crate::verify::verify_chain(&issued, &chain, &self.anchors()?)?;
+        if issued.tbs_certificate.subject_public_key_info != key.public_key_info() {
+            anyhow::bail!("the issued certificate does not certify our key");
+        }
+        let cert_pem = est_wire::pem::certificate_to_pem(&issued);
+        let key_pem = rotate.then(|| key.to_pkcs8_pem());
+        install_pair(&cfg.cert, &cfg.key, &cert_pem, key_pem.as_deref())?;
+        let serial = hex_serial(&issued);
+        let not_after = validity(&issued).1;
+        tracing::info!(%serial, rotated_key = rotate, via_bootstrap, not_after = %humantime::format_rfc3339_seconds(not_after), "renewed certificate");
+        self.run_hook();
+        Ok(Outcome::Renewed {
+            serial,
+            not_after,
+            via_bootstrap,
+        })
+    }
+
+    async fn bootstrap_enroll(
+        &self,
+        spec: &CsrSpec,
+        key: &SigningKey,
+    ) -> anyhow::Result<Certificate> {
+        let bootstrap = self
+            .config
+            .bootstrap
+            .as_ref()
+            .context("no usable certificate and no [bootstrap] credentials configured")?;
+        let basic = match &bootstrap.user {
+            Some(user) => Some((user.clone(), bootstrap_password(bootstrap)?)),
+            None => None,
+        };
+        let identity = match (&bootstrap.cert, &bootstrap.key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            _ => None,
+        };
+        let client = self.client(basic, identity)?;
+        Ok(client.simpleenroll(CsrSource::Build { spec, key }).await?)
+    }
+
+    fn first_spec(&self) -> anyhow::Result<CsrSpec> {
+        let bootstrap = self
+            .config
+            .bootstrap
+            .as_ref()
+            .context("no certificate and no [bootstrap] section")?;
+        let cn = match (&bootstrap.common_name, &bootstrap.cert) {
+            (Some(cn), _) => cn.clone(),
+            (None, Some(cert)) => {
+                est_wire::csr::common_name(&read_certificate(cert)?.tbs_certificate.subject)
+                    .context("bootstrap certificate has no CN; set bootstrap.common_name")?
+            }
+            (None, None) => anyhow::bail!("set bootstrap.common_name for the first enrollment"),
+        };
+        Ok(CsrSpec {
+            subject: format!("CN={}", escape_rdn(&cn))
+                .parse()
+                .context("common name")?,
+            ..CsrSpec::default()
+        })
+    }
+
+    fn run_hook(&self) {
+        let Some((program, args)) = self.config.hook.split_first() else {
+            return;
+        };
+        match std::process::Command::new(program).args(args).status() {
+            Ok(status) if status.success() => tracing::info!(hook = %program, "renewal hook ran"),
+            Ok(status) => tracing::warn!(hook = %program, %status, "renewal hook failed"),
+            Err(e) => tracing::warn!(hook = %program, error = %e, "renewal hook could not start"),
+        }
+    }
+
+    /// Renews whenever due until `shutdown` resolves; failures are retried
+    /// after the retry interval with jitter.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let wait = match self.renew_once(false).await {
+                Ok(Outcome::NotDue { due }) => {
+                    let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
+                    tracing::info!(due = %humantime::format_rfc3339_seconds(due), "renewal not due");
+                    wait
+                }
+                Ok(Outcome::Renewed { .. }) => Duration::ZERO,
+                Err(e) => {
+                    let wait = with_jitter(self.retry_interval());
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_secs = wait.as_secs_f64(), "renewal failed");
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("stopping");
+                    return;
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn retry_interval(&self) -> Duration {
+        match read_certificate(&self.config.cert) {
+            Ok(cert) => {
+                let (from, to) = validity(&cert);
+                self.config.auto_renew.retry_interval(from, to)
+            }
+            Err(_) => Duration::from_secs(30),
+        }
+    }
+}
+
+fn bootstrap_password(bootstrap: &Bootstrap) -> anyhow::Result<Zeroizing<String>> {
+    if let Some(var) = &bootstrap.password_env {
+        return std::env::var(var).map(Zeroizing::new).with_context(|| {
+            format!("environment variable {var} (bootstrap.password_env) is not set")
+        });
+    }
+    if let Some(file) = &bootstrap.password_file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?,
+        );
+        return Ok(Zeroizing::new(text.lines().next().unwrap_or("").to_owned()));
+    }
+    anyhow::bail!("bootstrap.user needs bootstrap.password_env or bootstrap.password_file")
+}
+
+/// A CSR spec asking for the same identity as `cert` (subject and SANs).
+pub fn spec_from(cert: &Certificate) -> CsrSpec {
+    CsrSpec {
+        subject: cert.tbs_certificate.subject.clone(),
+        subject_alt_names: est_wire::names::certificate_sans(cert),
+        ..CsrSpec::default()
+    }
+}
+
+/// Validity start and end.
+pub fn validity(cert: &Certificate) -> (SystemTime, SystemTime) {
+    let v = &cert.tbs_certificate.validity;
+    (v.not_before.to_system_time(), v.not_after.to_system_time())
+}
+
+/// Serial number as hex.
+pub fn hex_serial(cert: &Certificate) -> String {
+    cert.tbs_certificate
+        .serial_number
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Escapes RFC 4514 special characters in an attribute value.
+pub fn escape_rdn(value: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i + 1 == value.chars().count() && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Error kind helper for the CLI.
+pub fn is_client_error(e: &anyhow::Error) -> Option<&ClientError> {
+    e.downcast_ref::<ClientError>()
+}
