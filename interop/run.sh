@@ -4,7 +4,7 @@
 #   (a) curl + openssl                      always
 #   (b) libest estclient                    when ESTCLIENT=/path/to/estclient is set
 #   (c) Azure IoT Edge-shaped sequences     always (curl, concurrent requests)
-#   (d) est-client against libest estserver when ESTSERVER=host:port is set (needs est-client)
+#   (d) est-client against libest estserver when ESTSERVER=host:port (+ ESTSERVER_CA) is set
 #
 # Prints PASS/FAIL/SKIP per check and ends with "N passed, N failed".
 # Usage: interop/run.sh            (builds est-server if needed)
@@ -13,6 +13,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${EST_SERVER_BIN:-$ROOT/target/debug/est-server}"
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build -q -p est-server) || { echo "cannot build est-server"; exit 1; }
+CLIENT="${EST_CLIENT_BIN:-$ROOT/target/debug/est-client}"
 
 WORK="$(mktemp -d /tmp/est-interop.XXXXXX)"
 DATA="$WORK/data"
@@ -170,9 +171,30 @@ check "(c) IoT Edge: Edge CA on its own label gets CA:TRUE, pathlen:0" c_edge_ca
 
 # ---------------------------------------------------------------- (d) est-client vs libest estserver
 if [ -n "${ESTSERVER:-}" ]; then
-  skip "(d) est-client against libest estserver: est-client CLI not built yet"
+  CLIENT="${EST_CLIENT_BIN:-$ROOT/target/debug/est-client}"
+  [ -x "$CLIENT" ] || (cd "$ROOT" && cargo build -q -p est-client)
+  D="$WORK/estserver"; mkdir -p "$D"
+  DS=(--server "https://$ESTSERVER" --trust "${ESTSERVER_CA:?set ESTSERVER_CA to the estserver trust anchor PEM}")
+  export EST_PASSWORD="${ESTSERVER_PASSWORD:-estpwd}"
+  DU=(--user "${ESTSERVER_USER:-estuser}")
+  d_cacerts() { "$CLIENT" cacerts "${DS[@]}" --out "$D/cacerts.pem" && grep -q 'BEGIN CERTIFICATE' "$D/cacerts.pem"; }
+  d_csrattrs() { "$CLIENT" csrattrs "${DS[@]}"; }
+  d_enroll() {
+    "$CLIENT" enroll "${DS[@]}" "${DU[@]}" --cn est-client-interop --out "$D/device.pem" --out-key "$D/device.key" &&
+    openssl verify -CAfile "$ESTSERVER_CA" -untrusted "$D/cacerts.pem" "$D/device.pem"
+  }
+  d_reenroll() {
+    local before; before="$(serial_of "$D/device.pem")"
+    "$CLIENT" reenroll "${DS[@]}" "${DU[@]}" --cert "$D/device.pem" --key "$D/device.key" --rotate-key &&
+    [ "$before" != "$(serial_of "$D/device.pem")" ] &&
+    "$CLIENT" status --cert "$D/device.pem" --key "$D/device.key"
+  }
+  check "(d) est-client cacerts against libest estserver ($ESTSERVER)" d_cacerts
+  check "(d) est-client csrattrs against libest estserver" d_csrattrs
+  check "(d) est-client enroll against libest estserver" d_enroll
+  check "(d) est-client reenroll --rotate-key against libest estserver" d_reenroll
 else
-  skip "(d) est-client against libest estserver: set ESTSERVER=host:port (and ESTSERVER_CA=trust anchor) to run"
+  skip "(d) est-client against libest estserver: set ESTSERVER=host:port and ESTSERVER_CA=<trust anchor PEM> to run"
 fi
 
 if grep -q panicked "$WORK/server.err"; then fail "server log has a panic"; fi

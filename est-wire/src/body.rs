@@ -25,7 +25,9 @@ pub enum BodyError {
 
 /// Decodes a base64 body, ignoring all whitespace and unwrapping PEM armour.
 pub fn decode(body: &[u8]) -> Result<Vec<u8>, BodyError> {
-    let payload = strip_pem_armour(body)?;
+    // libest counts a C string's terminating NUL in Content-Length.
+    let end = body.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    let payload = strip_pem_armour(&body[..end])?;
     let compact: Vec<u8> = payload
         .iter()
         .copied()
@@ -109,6 +111,15 @@ mod tests {
         assert_eq!(decode(pem.as_bytes()).unwrap(), b"hello");
         let broken = "-----BEGIN CERTIFICATE REQUEST-----\naGVsbG8=\n";
         assert_eq!(decode(broken.as_bytes()), Err(BodyError::UnterminatedPem));
+    }
+
+    #[test]
+    fn tolerates_trailing_nul_as_libest_sends_it() {
+        assert_eq!(decode(b"aGVsbG8=\n\0").unwrap(), b"hello");
+        assert!(
+            decode(b"aGVs\0bG8=").is_err(),
+            "interior NUL stays an error"
+        );
     }
 
     #[test]

@@ -344,15 +344,16 @@ fn unsafe_sigterm(child: &Child) {
 
 #[test]
 fn daemon_survives_a_server_outage() {
-    let server = Server::start_with(&short_config("8s"), None);
+    let server = Server::start_with(&short_config("30s"), None);
     let dir = tempfile::tempdir().unwrap();
     enroll(&server, dir.path(), Some("short"), "outage-device");
     let first = serial(dir.path());
+    // Due 3 s after issuance; the server is down from before then until about 6 s.
     let config = renew_config(
         &server,
         dir.path(),
         "short",
-        "[auto_renew]\nthreshold = \"50%\"\nretry = \"1s\"\n",
+        "[auto_renew]\nthreshold = \"10%\"\nretry = \"1s\"\n",
     );
     let stopped = server.stop();
     let mut child = daemon(&config);
