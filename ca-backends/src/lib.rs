@@ -78,6 +78,20 @@ pub trait CaBackend: Send + Sync {
 
     /// Issues a certificate for a verified CSR.
     async fn issue(&self, request: IssueRequest<'_>) -> Result<IssuedCertificate, CaError>;
+
+    /// Server-side key generation (`/serverkeygen`): makes a key pair, issues a
+    /// certificate for it with the CSR's identity, and returns the private key
+    /// as PKCS#8 DER. CAs that cannot generate keys keep this default.
+    async fn issue_with_generated_key(
+        &self,
+        request: IssueRequest<'_>,
+    ) -> Result<(IssuedCertificate, zeroize::Zeroizing<Vec<u8>>), CaError> {
+        let _ = request;
+        Err(CaError::Rejected(format!(
+            "the {} CA behind this label does not generate keys",
+            self.kind()
+        )))
+    }
 }
 
 /// Serial number bytes as lower-case hex without leading zero bytes.

@@ -289,6 +289,35 @@ impl CaBackend for LocalCaBackend {
             &self.profile,
         )
     }
+
+    async fn issue_with_generated_key(
+        &self,
+        request: IssueRequest<'_>,
+    ) -> Result<(IssuedCertificate, zeroize::Zeroizing<Vec<u8>>), CaError> {
+        // The new key has the same type as the key the CSR was signed with.
+        let algorithm = match request.csr.key_kind() {
+            est_wire::csr::KeyKind::EcP256 => KeyAlgorithm::EcP256,
+            est_wire::csr::KeyKind::EcP384 => KeyAlgorithm::EcP384,
+            est_wire::csr::KeyKind::Rsa { bits } => KeyAlgorithm::Rsa {
+                bits: match bits {
+                    0..=2048 => 2048,
+                    2049..=3072 => 3072,
+                    _ => 4096,
+                },
+            },
+        };
+        let key = tokio::task::spawn_blocking(move || SigningKey::generate(algorithm))
+            .await
+            .map_err(|e| CaError::Internal(e.to_string()))?
+            .map_err(|e| CaError::Internal(e.to_string()))?;
+        let issued = self.ca.issue(
+            request.csr.subject(),
+            &key.public_key_info(),
+            request.csr.subject_alt_names(),
+            &self.profile,
+        )?;
+        Ok((issued, zeroize::Zeroizing::new(key.pkcs8_der().to_vec())))
+    }
 }
 
 /// Parses an RFC 4514 name such as `CN=EST Root CA,O=Example`.

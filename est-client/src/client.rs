@@ -216,11 +216,78 @@ impl EstClient {
         self.enroll("simplereenroll", csr).await
     }
 
+    /// `POST /serverkeygen`: the server makes the key pair; returns the
+    /// certificate and the private key (PKCS#8, or PKCS#1 as libest sends it).
+    pub async fn serverkeygen(
+        &self,
+        csr: CsrSource<'_>,
+    ) -> Result<(Certificate, SigningKey), ClientError> {
+        let (exchange, _) = self.post_csr("serverkeygen", csr).await?;
+        let content_type = exchange.content_type.clone().unwrap_or_default();
+        if !media::matches(&content_type, media::MULTIPART_MIXED) {
+            return Err(ClientError::Protocol(format!(
+                "expected multipart/mixed, got `{content_type}`"
+            )));
+        }
+        let boundary = est_wire::multipart::boundary(&content_type)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let parts = est_wire::multipart::decode(&boundary, &exchange.body)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut key = None;
+        let mut certs = Vec::new();
+        for part in parts {
+            let der = Zeroizing::new(
+                est_wire::body::decode(&part.body)
+                    .map_err(|e| ClientError::Protocol(format!("{}: {e}", part.content_type)))?,
+            );
+            if media::matches(&part.content_type, media::PKCS8) {
+                key = Some(
+                    SigningKey::from_der_any(&der)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?,
+                );
+            } else if media::matches(&part.content_type, media::PKCS7_MIME) {
+                certs = est_wire::pkcs7::decode_certs_only(&der)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            }
+        }
+        let key =
+            key.ok_or_else(|| ClientError::Protocol("no private key part in the response".into()))?;
+        let certificate = certs
+            .into_iter()
+            .find(|c| c.tbs_certificate.subject_public_key_info == key.public_key_info())
+            .ok_or_else(|| {
+                ClientError::Protocol(
+                    "no certificate in the response certifies the returned key".into(),
+                )
+            })?;
+        Ok((certificate, key))
+    }
+
     async fn enroll(
         &self,
         operation: &str,
         csr: CsrSource<'_>,
     ) -> Result<Certificate, ClientError> {
+        let (exchange, csr_der) = self.post_csr(operation, csr).await?;
+        let certs = decode_certs(&exchange)?;
+        let csr_key = est_wire::csr::Csr::from_der(&csr_der)
+            .map(|c| c.public_key().clone())
+            .map_err(|e| ClientError::Protocol(format!("own CSR: {e}")))?;
+        certs
+            .into_iter()
+            .find(|c| c.tbs_certificate.subject_public_key_info == csr_key)
+            .ok_or_else(|| {
+                ClientError::Protocol("no certificate in the response certifies our key".into())
+            })
+    }
+
+    /// Sends a CSR (built per connection when asked), waiting out 202 answers
+    /// within the bounded time. Returns the 200 exchange and the CSR sent.
+    async fn post_csr(
+        &self,
+        operation: &str,
+        csr: CsrSource<'_>,
+    ) -> Result<(Exchange, Vec<u8>), ClientError> {
         let started = Instant::now();
         loop {
             let connection = self.connect().await?;
@@ -264,17 +331,7 @@ impl EstClient {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let exchange = expect_ok(exchange)?;
-            let certs = decode_certs(&exchange)?;
-            let csr_key = est_wire::csr::Csr::from_der(&csr_der)
-                .map(|c| c.public_key().clone())
-                .map_err(|e| ClientError::Protocol(format!("own CSR: {e}")))?;
-            return certs
-                .into_iter()
-                .find(|c| c.tbs_certificate.subject_public_key_info == csr_key)
-                .ok_or_else(|| {
-                    ClientError::Protocol("no certificate in the response certifies our key".into())
-                });
+            return Ok((expect_ok(exchange)?, csr_der));
         }
     }
 }

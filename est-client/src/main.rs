@@ -126,10 +126,18 @@ enum Command {
         #[arg(long, default_value = "p256")]
         key_type: KeyAlgorithm,
     },
-    /// Server-side key generation (requires a server that offers it).
+    /// Server-side key generation: the server makes the key pair and returns it with the certificate.
     Serverkeygen {
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        identity: Identity,
+        /// Where to write the certificate (PEM).
+        #[arg(long, default_value = "device.pem")]
+        out: PathBuf,
+        /// Where to write the returned private key (PKCS#8 PEM, 0600).
+        #[arg(long, default_value = "device.key")]
+        out_key: PathBuf,
     },
     /// Show a certificate's subject, serial, issuer, validity and lifetime used.
     Status {
@@ -205,9 +213,36 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             rotate_key,
             key_type,
         } => reenroll(common, rotate_key, key_type).await,
-        Command::Serverkeygen { common } => {
-            let _ = common;
-            anyhow::bail!("serverkeygen is not available yet: the server answers 501 and this client does not parse multipart responses")
+        Command::Serverkeygen {
+            common,
+            identity,
+            out,
+            out_key,
+        } => {
+            // The CSR only carries the identity; it is signed with a throw-away key.
+            let spec = spec(&identity)?;
+            let throwaway = SigningKey::generate(identity.key_type)?;
+            let (certificate, key) = client(&common, true)?
+                .serverkeygen(CsrSource::Build {
+                    spec: &spec,
+                    key: &throwaway,
+                })
+                .await?;
+            install_pair(
+                &out,
+                &out_key,
+                &est_wire::pem::certificate_to_pem(&certificate),
+                Some(&key.to_pkcs8_pem()),
+            )?;
+            println!(
+                "server generated a {:?} key; {} serial {} -> {}, key -> {}",
+                key.algorithm(),
+                certificate.tbs_certificate.subject,
+                hex_serial(&certificate),
+                out.display(),
+                out_key.display()
+            );
+            Ok(0)
         }
         Command::Status { cert, key } => status(&cert, key.as_deref()),
         Command::Renew {
@@ -397,26 +432,29 @@ async fn reenroll(common: Common, rotate_key: bool, key_type: KeyAlgorithm) -> a
 fn status(cert_path: &Path, key_path: Option<&Path>) -> anyhow::Result<u8> {
     if let Some(key_path) = key_path {
         let recovery = recover_pair(cert_path, key_path)?;
+        if recovery == est_client::files::Recovery::Empty {
+            anyhow::bail!(
+                "neither {} nor {} exists",
+                cert_path.display(),
+                key_path.display()
+            );
+        }
         println!("pair:       {recovery:?} (certificate and key belong together)");
     }
     let cert = read_certificate(cert_path)?;
     let (not_before, not_after) = validity(&cert);
     let used = lifetime_used(not_before, not_after, SystemTime::now());
-    println!("subject:    {}", cert.tbs_certificate.subject);
-    println!("serial:     {}", hex_serial(&cert));
-    println!("issuer:     {}", cert.tbs_certificate.issuer);
-    println!(
-        "not before: {}",
-        humantime::format_rfc3339_seconds(not_before)
-    );
-    println!(
-        "not after:  {}",
-        humantime::format_rfc3339_seconds(not_after)
-    );
-    println!(
-        "lifetime:   {used:.1}% used{}",
+    let text = format!(
+        "subject:    {}\nserial:     {}\nissuer:     {}\nnot before: {}\nnot after:  {}\nlifetime:   {used:.1}% used{}\n",
+        cert.tbs_certificate.subject,
+        hex_serial(&cert),
+        cert.tbs_certificate.issuer,
+        humantime::format_rfc3339_seconds(not_before),
+        humantime::format_rfc3339_seconds(not_after),
         if used >= 100.0 { " (EXPIRED)" } else { "" }
     );
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
     Ok(if used >= 100.0 { EXIT_FAILED } else { 0 })
 }
 

@@ -14,6 +14,7 @@ use est_wire::csr::Csr;
 use est_wire::names::{certificate_sans, general_names_text, same_names};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::Certificate;
+use zeroize::Zeroizing;
 
 use crate::auth::{Authenticator, Credentials, Principal};
 use crate::config::{ChannelBinding, LabelConfig};
@@ -48,7 +49,7 @@ impl Label {
 pub struct EnrollRequest<'a> {
     /// Which path.
     pub label: &'a Label,
-    /// `SimpleEnroll` or `SimpleReenroll`.
+    /// `SimpleEnroll`, `SimpleReenroll` or `ServerKeyGen`.
     pub operation: Operation,
     /// What the client authenticated with.
     pub credentials: Credentials,
@@ -67,6 +68,8 @@ pub struct Enrolled {
     pub serial: String,
     /// Serial of the certificate it replaces, for renewals.
     pub renewed: Option<String>,
+    /// The private key the CA generated (`/serverkeygen` only), PKCS#8 DER.
+    pub private_key: Option<Zeroizing<Vec<u8>>>,
 }
 
 /// The enrollment service shared by all labels.
@@ -105,19 +108,30 @@ impl EnrollService {
         let pending_id = match (&renewal_of, label.config.require_approval) {
             (None, true) => match self.approval(label, &csr, &principal).await? {
                 Approval::Approved(id) => Some(id),
+                Approval::AlreadyIssued(_) if request.operation == Operation::ServerKeyGen => {
+                    return Err(EstError::Forbidden(
+                        "this request was already answered with a generated key, which is not kept; send a new request".into(),
+                    ))
+                }
                 Approval::AlreadyIssued(enrolled) => return Ok(*enrolled),
             },
             _ => None,
         };
 
         let predecessor = renewal_of.map(|(record, _)| record);
-        let issued = label
-            .backend
-            .issue(IssueRequest {
-                csr: &csr,
-                renewal_of: renewal_of.map(|(_, cert)| cert),
-            })
-            .await?;
+        let issue_request = IssueRequest {
+            csr: &csr,
+            renewal_of: renewal_of.map(|(_, cert)| cert),
+        };
+        let (issued, private_key) = if request.operation == Operation::ServerKeyGen {
+            let (issued, key) = label
+                .backend
+                .issue_with_generated_key(issue_request)
+                .await?;
+            (issued, Some(key))
+        } else {
+            (label.backend.issue(issue_request).await?, None)
+        };
         if let Some((_, old)) = renewal_of {
             ensure_same_identity(&issued.certificate, old)?;
         }
@@ -159,6 +173,7 @@ impl EnrollService {
             certificate: issued.certificate,
             serial: issued.serial_hex,
             renewed: predecessor.map(str::to_owned),
+            private_key,
         })
     }
 
@@ -226,6 +241,7 @@ impl EnrollService {
                         certificate,
                         serial,
                         renewed: None,
+                        private_key: None,
                     })))
                 }
             },

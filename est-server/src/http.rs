@@ -245,7 +245,7 @@ async fn dispatch(
             Some(der) => base64_response(media::CSRATTRS, der),
             None => empty_response(StatusCode::NO_CONTENT),
         }),
-        Operation::SimpleEnroll | Operation::SimpleReenroll => {
+        Operation::SimpleEnroll | Operation::SimpleReenroll | Operation::ServerKeyGen => {
             let credentials = Credentials {
                 authorization: request
                     .headers()
@@ -267,11 +267,11 @@ async fn dispatch(
             let der =
                 est_wire::pkcs7::encode_certs_only(std::slice::from_ref(&enrolled.certificate))
                     .map_err(EstError::internal)?;
-            Ok(base64_response(media::PKCS7_CERTS_ONLY, &der))
+            match &enrolled.private_key {
+                None => Ok(base64_response(media::PKCS7_CERTS_ONLY, &der)),
+                Some(key) => Ok(server_keygen_response(key, &der)),
+            }
         }
-        Operation::ServerKeyGen => Err(EstError::NotImplemented(
-            "serverkeygen is not offered by this server".into(),
-        )),
     }
 }
 
@@ -369,6 +369,31 @@ fn base64_response(content_type: &'static str, der: &[u8]) -> Response<Full<Byte
         "content-transfer-encoding",
         HeaderValue::from_static(media::TRANSFER_ENCODING_BASE64),
     );
+    response
+}
+
+/// `multipart/mixed`: the PKCS#8 key, then the certs-only bundle (RFC 7030 §4.4.2).
+fn server_keygen_response(key_pkcs8: &[u8], certs_only: &[u8]) -> Response<Full<Bytes>> {
+    let mut random = [0u8; 12];
+    let _ = aws_lc_rs::rand::fill(&mut random);
+    let boundary = format!("est-{}", hex::encode(random));
+    let key_b64 = zeroize::Zeroizing::new(est_wire::body::encode(key_pkcs8));
+    let body = est_wire::multipart::encode(
+        &boundary,
+        &[
+            (media::PKCS8, key_b64.as_bytes()),
+            (
+                media::PKCS7_CERTS_ONLY,
+                est_wire::body::encode(certs_only).as_bytes(),
+            ),
+        ],
+    );
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    if let Ok(value) =
+        HeaderValue::from_str(&format!("{}; boundary={boundary}", media::MULTIPART_MIXED))
+    {
+        response.headers_mut().insert(CONTENT_TYPE, value);
+    }
     response
 }
 

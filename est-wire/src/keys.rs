@@ -120,6 +120,16 @@ impl SigningKey {
         Self::from_rsa(pair)
     }
 
+    /// Loads a DER key that is PKCS#8 or, failing that, PKCS#1 RSA (what
+    /// libest's serverkeygen puts in its "pkcs8" part).
+    pub fn from_der_any(der: &[u8]) -> Result<Self, KeyError> {
+        Self::from_pkcs8_der(der).or_else(|_| {
+            RsaKeyPair::from_der(der)
+                .map_err(|_| KeyError::Unreadable("neither PKCS#8 nor PKCS#1".into()))
+                .and_then(Self::from_rsa)
+        })
+    }
+
     /// Loads a PEM key: `PRIVATE KEY` (PKCS#8), `EC PRIVATE KEY` (SEC1) or
     /// `RSA PRIVATE KEY` (PKCS#1, as libest's serverkeygen returns).
     pub fn from_pem(pem: &[u8]) -> Result<Self, KeyError> {

@@ -18,6 +18,7 @@ pub mod csr;
 pub mod csrattrs;
 pub mod keys;
 pub mod media;
+pub mod multipart;
 pub mod names;
 pub mod pem;
 pub mod pkcs7;

@@ -9,6 +9,10 @@ pub const PKCS7_MIME: &str = "application/pkcs7-mime";
 pub const PKCS7_CERTS_ONLY: &str = "application/pkcs7-mime; smime-type=certs-only";
 /// `/csrattrs` response.
 pub const CSRATTRS: &str = "application/csrattrs";
+/// Private-key part of a `/serverkeygen` response.
+pub const PKCS8: &str = "application/pkcs8";
+/// `/serverkeygen` response (with a `boundary` parameter).
+pub const MULTIPART_MIXED: &str = "multipart/mixed";
 /// Value of `Content-Transfer-Encoding` on every base64 body we send.
 pub const TRANSFER_ENCODING_BASE64: &str = "base64";
 

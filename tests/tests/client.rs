@@ -545,3 +545,38 @@ fn channel_binding_match_mismatch_missing() {
         );
     }
 }
+
+#[test]
+fn cli_serverkeygen_installs_the_server_generated_pair() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = server.ca_pem().display().to_string();
+    let mut args: Vec<String> = vec!["serverkeygen".into()];
+    args.extend(common(&server, &ca));
+    args.extend([
+        "--user".into(),
+        "estuser".into(),
+        "--cn".into(),
+        "skg-cli".into(),
+        "--key-type".into(),
+        "p384".into(),
+        "--out".into(),
+        dir.path().join("device.pem").display().to_string(),
+        "--out-key".into(),
+        dir.path().join("device.key").display().to_string(),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = est_client(&refs, &[("EST_PASSWORD", "estpwd")]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("EcP384"),
+        "the server matched the CSR's key type: {out}"
+    );
+    assert!(status_ok(dir.path()));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("device.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}

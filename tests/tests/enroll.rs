@@ -298,3 +298,65 @@ fn content_type_parameters_and_case_are_accepted() {
     ]);
     assert_eq!(response.status, 200, "{}", response.text());
 }
+
+#[test]
+fn serverkeygen_returns_a_fresh_key_and_its_certificate() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let csr = Csr::new(
+        work.path(),
+        "skg",
+        KeyType::P256,
+        "/CN=keyless-device",
+        &["subjectAltName=DNS:keyless.example"],
+    );
+    let response = post_csr(
+        &server,
+        None,
+        "serverkeygen",
+        &csr.b64,
+        &["-u", "estuser:estpwd"],
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let content_type = response.header_exact("Content-Type").unwrap();
+    assert!(
+        content_type.starts_with("multipart/mixed; boundary="),
+        "{content_type}"
+    );
+    let boundary = content_type.split("boundary=").nth(1).unwrap().to_owned();
+    let text = response.text();
+    let parts: Vec<&str> = text.split(&format!("--{boundary}")).collect();
+    assert_eq!(
+        parts.len(),
+        4,
+        "preamble, key, certificate, epilogue: {text}"
+    );
+    assert!(parts[1].contains("Content-Type: application/pkcs8\r\n"));
+    assert!(parts[2].contains("Content-Type: application/pkcs7-mime; smime-type=certs-only\r\n"));
+    assert!(parts[3].starts_with("--"), "closing delimiter");
+    let body = |part: &str| part.split("\r\n\r\n").nth(1).unwrap().trim().to_owned() + "\n";
+
+    let key_der = openssl_with_input(&["base64", "-d"], Some(body(parts[1]).as_bytes()));
+    let key_pub = openssl_with_input(&["pkey", "-inform", "DER", "-pubout"], Some(&key_der));
+    let cert_pem = pkcs7_to_pem(body(parts[2]).as_bytes());
+    assert_eq!(count_certs(&cert_pem), 1);
+    let cert_pub = openssl_with_input(&["x509", "-pubkey", "-noout"], Some(cert_pem.as_bytes()));
+    assert_eq!(
+        key_pub, cert_pub,
+        "the certificate certifies the returned key"
+    );
+    let csr_pub = openssl(&["pkey", "-in", &csr.key.display().to_string(), "-pubout"]);
+    assert_ne!(key_pub, csr_pub, "a fresh key, not the CSR's");
+    let subject = openssl_with_input(
+        &["x509", "-noout", "-subject", "-ext", "subjectAltName"],
+        Some(cert_pem.as_bytes()),
+    );
+    let subject = String::from_utf8(subject).unwrap();
+    assert!(
+        subject.contains("keyless-device") && subject.contains("keyless.example"),
+        "{subject}"
+    );
+    // The server never logs the key.
+    let key_b64 = body(parts[1]);
+    assert!(!server.log().contains(key_b64.lines().nth(1).unwrap()));
+}

@@ -252,7 +252,10 @@ fn paths_outside_the_est_tree_are_404_and_wrong_methods_405() {
         "POST",
         &format!("{}/serverkeygen", server.base(None)),
     ]);
-    assert_eq!(response.status, 501);
+    assert_eq!(
+        response.status, 415,
+        "serverkeygen takes a PKCS#10 body like simpleenroll"
+    );
     server.assert_healthy();
 }
 
