@@ -112,55 +112,19 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-const DEV_CONFIG: &str = r#"# est-server configuration written by `est-server serve --dev`.
-# Relative paths are relative to this file's directory. See README.md for every field.
+/// The commented example config (also what dev mode writes, with a real hash).
+const DEV_CONFIG: &str = include_str!("../est-server.example.toml");
 
-listen = "127.0.0.1:8443"
-realm = "estrealm"
-
-[tls]
-cert = "tls/server.pem"          # server chain: leaf + issuing CA
-key = "tls/server.key"
-bootstrap_trust = []             # PEM files of manufacturer CAs whose device certs may enroll
-
-[ca]
-dir = "ca"                       # root-ca.* and issuing-ca.*; keys are 0600
-key_algorithm = "p256"
-
-[registry]
-path = "registry.sqlite"
-
-[limits]
-max_body_bytes = 65536
-handshake_timeout = "10s"
-header_timeout = "10s"
-body_timeout = "10s"
-max_connections = 4096
-
-# Demo user, libest's defaults. Make real hashes with `est-server hash-password`.
-[[users]]
-name = "estuser"
-password_hash = "@HASH@"
-
-[profiles.device]
-validity = "30d"
-key_usage = ["digitalSignature", "keyAgreement"]
-extended_key_usage = ["clientAuth"]
-copy_san = ["dns", "ip", "uri", "email"]
-
-# Azure IoT Edge's Edge CA: CA:true, pathlen 0, keyCertSign.
-[profiles.edge-ca]
-validity = "90d"
-subordinate_ca = true
-extended_key_usage = []
-
-# /.well-known/est/...
-[enroll]
-profile = "device"
-auth = ["basic", "bootstrap-cert"]
-
-# /.well-known/est/edgeca/... (IoT Edge authenticates with its identity certificate)
-[labels.edgeca]
-profile = "edge-ca"
-auth = ["basic", "bootstrap-cert", "issued-cert"]
-"#;
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_example_config_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let hash = crate::auth::hash_password("x").unwrap();
+        std::fs::write(&path, super::DEV_CONFIG.replace("@HASH@", &hash)).unwrap();
+        let config = crate::config::Config::load(&path).unwrap();
+        assert!(config.labels.contains_key("edgeca"));
+        assert_eq!(config.users.len(), 1);
+    }
+}
