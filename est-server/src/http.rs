@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
@@ -213,15 +213,18 @@ async fn dispatch(
     let route = match route(request.method().as_str(), &path) {
         Ok(route) => route,
         Err(RouteError::NotFound) => {
+            drain(request.into_body()).await;
             return Err(EstError::NotFound(format!(
                 "no EST resource at {}",
                 truncate(&path)
-            )))
+            )));
         }
         Err(RouteError::MethodNotAllowed(allowed)) => {
+            let method = request.method().clone();
+            drain(request.into_body()).await;
             let mut response = text_response(
                 StatusCode::METHOD_NOT_ALLOWED,
-                format!("{} is not allowed here; use {allowed}", request.method()),
+                format!("{method} is not allowed here; use {allowed}"),
             );
             response
                 .headers_mut()
@@ -230,10 +233,12 @@ async fn dispatch(
         }
     };
     let label_key = route.label.unwrap_or("");
-    let label = state
-        .labels
-        .get(label_key)
-        .ok_or_else(|| EstError::NotFound(format!("unknown EST label `{label_key}`")))?;
+    let Some(label) = state.labels.get(label_key) else {
+        drain(request.into_body()).await;
+        return Err(EstError::NotFound(format!(
+            "unknown EST label `{label_key}`"
+        )));
+    };
 
     match route.operation {
         Operation::CaCerts => {
@@ -277,8 +282,19 @@ async fn dispatch(
 
 /// Checks the media type and size, then reads the body within the time limit.
 async fn read_pkcs10_body(state: &AppState, request: Request<Incoming>) -> Result<Bytes, EstError> {
-    let content_type = request
-        .headers()
+    let (parts, body) = request.into_parts();
+    let limit = state.limits.max_body_bytes;
+    if let Err(refusal) = check_body_headers(&parts.headers, limit) {
+        drain(body).await;
+        return Err(refusal);
+    }
+    tokio::time::timeout(state.limits.body_timeout, read_limited(body, limit))
+        .await
+        .map_err(|_| EstError::Timeout("the request body did not arrive in time".into()))?
+}
+
+fn check_body_headers(headers: &hyper::HeaderMap, limit: usize) -> Result<(), EstError> {
+    let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
@@ -289,28 +305,48 @@ async fn read_pkcs10_body(state: &AppState, request: Request<Incoming>) -> Resul
             truncate(content_type)
         )));
     }
-    let limit = state.limits.max_body_bytes;
-    let declared = request
-        .headers()
+    let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
-    let collected = tokio::time::timeout(
-        state.limits.body_timeout,
-        Limited::new(request.into_body(), limit).collect(),
-    )
-    .await
-    .map_err(|_| EstError::Timeout("the request body did not arrive in time".into()))?;
-    match collected {
-        Ok(body) => Ok(body.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
-        Err(e) => Err(EstError::BadRequest(format!(
-            "could not read the request body: {e}"
-        ))),
+    Ok(())
+}
+
+/// Reads at most `limit` bytes; a longer body is drained (within bounds) and refused.
+async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, EstError> {
+    let mut collected = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| EstError::BadRequest(format!("could not read the request body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            if collected.len() + data.len() > limit {
+                drain(body).await;
+                return Err(too_large(limit));
+            }
+            collected.extend_from_slice(data);
+        }
     }
+    Ok(Bytes::from(collected))
+}
+
+/// Reads and discards what is left of a refused request's body — at most
+/// 1 MiB for at most 2 s — so that closing the connection does not reset it
+/// before the client has read the answer. Larger or slower bodies are cut off.
+async fn drain(mut body: Incoming) {
+    const CAP: usize = 1024 * 1024;
+    let discard = async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > CAP {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), discard).await;
 }
 
 fn too_large(limit: usize) -> EstError {
