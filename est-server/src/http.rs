@@ -285,7 +285,18 @@ async fn read_pkcs10_body(state: &AppState, request: Request<Incoming>) -> Resul
     let (parts, body) = request.into_parts();
     let limit = state.limits.max_body_bytes;
     if let Err(refusal) = check_body_headers(&parts.headers, limit) {
-        drain(body).await;
+        // A client waiting for "100 Continue" has sent nothing yet, and a body
+        // over the drain cap is cut off anyway: answer at once in both cases.
+        let expects_continue = parts.headers.contains_key(hyper::header::EXPECT);
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        if !expects_continue && declared <= DRAIN_CAP {
+            drain(body).await;
+        }
         return Err(refusal);
     }
     tokio::time::timeout(state.limits.body_timeout, read_limited(body, limit))
@@ -332,16 +343,18 @@ async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, EstErro
     Ok(Bytes::from(collected))
 }
 
+/// The most a refused body is read to keep the connection from being reset.
+const DRAIN_CAP: usize = 1024 * 1024;
+
 /// Reads and discards what is left of a refused request's body — at most
 /// 1 MiB for at most 2 s — so that closing the connection does not reset it
 /// before the client has read the answer. Larger or slower bodies are cut off.
 async fn drain(mut body: Incoming) {
-    const CAP: usize = 1024 * 1024;
     let discard = async {
         let mut seen = 0;
         while let Some(Ok(frame)) = body.frame().await {
             seen += frame.data_ref().map_or(0, |d| d.len());
-            if seen > CAP {
+            if seen > DRAIN_CAP {
                 break;
             }
         }
