@@ -206,7 +206,7 @@ impl Principal {
 pub struct Authenticator {
     users: Arc<Users>,
     bootstrap: Option<Arc<dyn ClientCertVerifier>>,
-    registry: Registry,
+    registry: Arc<dyn Registry>,
 }
 
 impl Authenticator {
@@ -214,7 +214,7 @@ impl Authenticator {
     pub fn new(
         users: Arc<Users>,
         bootstrap: Option<Arc<dyn ClientCertVerifier>>,
-        registry: Registry,
+        registry: Arc<dyn Registry>,
     ) -> Self {
         Self {
             users,

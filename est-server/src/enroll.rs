@@ -75,12 +75,12 @@ pub struct Enrolled {
 /// The enrollment service shared by all labels.
 pub struct EnrollService {
     authenticator: Authenticator,
-    registry: Registry,
+    registry: Arc<dyn Registry>,
 }
 
 impl EnrollService {
     /// Builds the service.
-    pub fn new(authenticator: Authenticator, registry: Registry) -> Self {
+    pub fn new(authenticator: Authenticator, registry: Arc<dyn Registry>) -> Self {
         Self {
             authenticator,
             registry,
@@ -146,11 +146,12 @@ impl EnrollService {
             not_after: unix_seconds(issued.not_after),
             auth: principal.describe(),
             predecessor: predecessor.map(str::to_owned),
+            device_id: None,
             der: issued.der.clone(),
         };
         match self
             .registry
-            .record_issued(record, predecessor.map(str::to_owned), pending_id)
+            .record_issued(record, predecessor.map(str::to_owned), pending_id, None)
             .await
         {
             Ok(()) => {}

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use est_server::config::Config;
-use est_server::registry::{unix_now, Registry};
+use est_server::registry::{unix_now, Registry, SqliteRegistry};
+use std::sync::Arc;
 
 /// EST (RFC 7030) server for IoT fleets.
 #[derive(Parser)]
@@ -77,10 +78,11 @@ impl Target {
         Config::load(&path)
     }
 
-    fn registry(&self) -> anyhow::Result<Registry> {
+    fn registry(&self) -> anyhow::Result<Arc<dyn Registry>> {
         let config = self.config()?;
-        Registry::open(&config.registry.path)
-            .with_context(|| format!("registry {}", config.registry.path.display()))
+        let registry = SqliteRegistry::open(&config.registry.path)
+            .with_context(|| format!("registry {}", config.registry.path.display()))?;
+        Ok(Arc::new(registry))
     }
 }
 

@@ -12,7 +12,7 @@ use crate::auth::{Authenticator, Users};
 use crate::config::{ChannelBinding, Config, LabelConfig};
 use crate::enroll::{EnrollService, Label};
 use crate::http::AppState;
-use crate::registry::Registry;
+use crate::registry::{Registry, SqliteRegistry};
 
 /// Opens the local CA described by `config` (creating it on first start).
 pub fn open_ca(config: &Config) -> anyhow::Result<Arc<LocalCa>> {
@@ -38,8 +38,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let ca = open_ca(&config)?;
-    let registry = Registry::open(&config.registry.path)
-        .with_context(|| format!("registry {}", config.registry.path.display()))?;
+    let registry: Arc<dyn Registry> = Arc::new(
+        SqliteRegistry::open(&config.registry.path)
+            .with_context(|| format!("registry {}", config.registry.path.display()))?,
+    );
     let tls = crate::tls::build(&config.tls, &ca.chain())?;
 
     let mut labels = HashMap::new();

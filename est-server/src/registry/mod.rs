@@ -1,0 +1,376 @@
+//! The registry: every issued certificate, every device of the fleet, and
+//! enrollments held for approval.
+//!
+//! One trait, [`Registry`], with no HTTP in it; [`sqlite::SqliteRegistry`] is
+//! the embedded default. Every transition is a conditional write, so "one
+//! token → one certificate" and "one renewal per certificate" hold under
+//! concurrent requests and across server processes sharing the store.
+
+pub mod sqlite;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use sqlite::SqliteRegistry;
+
+/// Lifecycle state of an issued certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertState {
+    /// The device's current certificate.
+    Active,
+    /// Replaced by a successor; no longer accepted for renewal.
+    Superseded,
+    /// Revoked by an operator.
+    Revoked,
+}
+
+impl CertState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Superseded => "superseded",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    /// Parses a stored name (unknown names read as revoked, the safe side).
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "active" => Self::Active,
+            "superseded" => Self::Superseded,
+            _ => Self::Revoked,
+        }
+    }
+}
+
+impl std::fmt::Display for CertState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A certificate about to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewCertificate {
+    /// Serial, lower-case hex.
+    pub serial: String,
+    /// SHA-256 of the DER, lower-case hex.
+    pub fingerprint: String,
+    /// Label it was issued under (`""` for the unlabelled path).
+    pub label: String,
+    /// Subject, RFC 4514 text.
+    pub subject: String,
+    /// SubjectAltNames, `DNS:…, IP:…`.
+    pub san: String,
+    /// Validity start, Unix seconds.
+    pub not_before: i64,
+    /// Validity end, Unix seconds.
+    pub not_after: i64,
+    /// How the client authenticated (`basic:estuser`, `bootstrap-cert:CN=…`, `identity-cert:<serial>`).
+    pub auth: String,
+    /// Serial of the certificate this one renews.
+    pub predecessor: Option<String>,
+    /// The device (registry entry) this certificate belongs to, if any.
+    pub device_id: Option<String>,
+    /// The certificate.
+    pub der: Vec<u8>,
+}
+
+/// A recorded certificate.
+#[derive(Debug, Clone)]
+pub struct CertificateRecord {
+    /// What was recorded at issuance.
+    pub certificate: NewCertificate,
+    /// Current state.
+    pub state: CertState,
+    /// Serial of the successor, once renewed.
+    pub successor: Option<String>,
+    /// When it was recorded, Unix seconds.
+    pub issued_at: i64,
+}
+
+/// State of a request held for approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingState {
+    /// Waiting for an operator.
+    Pending,
+    /// Approved; the next retry is issued.
+    Approved,
+    /// Refused; retries get 403.
+    Rejected,
+    /// Issued; retries get the same certificate again.
+    Issued,
+}
+
+impl PendingState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+            Self::Issued => "issued",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "approved" => Self::Approved,
+            "rejected" => Self::Rejected,
+            "issued" => Self::Issued,
+            _ => Self::Pending,
+        }
+    }
+}
+
+impl std::fmt::Display for PendingState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An enrollment held for approval.
+#[derive(Debug, Clone)]
+pub struct PendingRequest {
+    /// SHA-256 of label + CSR, hex: the client's retry carries the same CSR.
+    pub id: String,
+    /// Label.
+    pub label: String,
+    /// Requested subject.
+    pub subject: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// Decision so far.
+    pub state: PendingState,
+    /// First seen, Unix seconds.
+    pub created_at: i64,
+    /// Serial issued for it, once issued.
+    pub issued_serial: Option<String>,
+}
+
+/// Why a registry operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The predecessor was renewed or revoked by someone else first.
+    #[error("certificate {0} is no longer active")]
+    PredecessorNotActive(String),
+    /// The device's one-time token was already used.
+    #[error("the enrollment token of device {0} has already been used")]
+    TokenUsed(String),
+    /// Another request holds the device's enrollment right now.
+    #[error("device {0} is being enrolled by a concurrent request")]
+    DeviceBusy(String),
+    /// The device is disabled.
+    #[error("device {0} is disabled")]
+    DeviceDisabled(String),
+    /// The reservation was lost (expired and taken over) before completion.
+    #[error("the enrollment reservation of device {0} was lost")]
+    ReservationLost(String),
+    /// No such row.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The store failed.
+    #[error("registry: {0}")]
+    Database(String),
+    /// The blocking task died.
+    #[error("registry task failed: {0}")]
+    Task(String),
+}
+
+/// Lifecycle state of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceState {
+    /// Created; its one-time token has not been used.
+    Unused,
+    /// Enrolled; the token is burned.
+    Enrolled,
+    /// Refused for enrollment and renewal.
+    Disabled,
+}
+
+impl DeviceState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unused => "unused",
+            Self::Enrolled => "enrolled",
+            Self::Disabled => "disabled",
+        }
+    }
+
+    /// Parses a stored name (unknown names read as disabled, the safe side).
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "unused" => Self::Unused,
+            "enrolled" => Self::Enrolled,
+            _ => Self::Disabled,
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A device to add to the registry.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    /// Device id: serial number or product id (also the certificate CN).
+    pub id: String,
+    /// SHA-256 of the one-time token, hex. The token itself is never stored.
+    pub token_hash: String,
+    /// Label the device enrolls on (`""` for the unlabelled path).
+    pub label: String,
+    /// AWS IoT thing name, when it differs from the id.
+    pub thing_name: Option<String>,
+    /// AWS IoT policy for this device, overriding the label's.
+    pub policy: Option<String>,
+}
+
+/// A device as recorded.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// What was added.
+    pub device: NewDevice,
+    /// Current state.
+    pub state: DeviceState,
+    /// When it was added, Unix seconds.
+    pub created_at: i64,
+    /// When it first enrolled, Unix seconds.
+    pub enrolled_at: Option<i64>,
+    /// Serial of its current certificate.
+    pub cert_serial: Option<String>,
+    /// Backend id of its current certificate (AWS certificate id), if any.
+    pub cert_id: Option<String>,
+    /// SHA-256 of its current certificate, hex.
+    pub cert_fingerprint: Option<String>,
+    /// End of validity of its current certificate, Unix seconds.
+    pub cert_not_after: Option<i64>,
+    /// Failed token attempts since the last success.
+    pub failed_attempts: u32,
+    /// Token attempts are refused until then, Unix seconds.
+    pub locked_until: Option<i64>,
+}
+
+/// Burns a device's token in the same transaction that records its certificate.
+#[derive(Debug, Clone)]
+pub struct DeviceClaim {
+    /// The device.
+    pub device_id: String,
+    /// The reservation owner (request id) that holds the device.
+    pub owner: String,
+    /// Backend id of the certificate (AWS certificate id), if any.
+    pub cert_id: Option<String>,
+}
+
+/// The operations the server and the operator CLI need from a store.
+#[async_trait::async_trait]
+pub trait Registry: Send + Sync {
+    /// Records a new certificate. With `supersedes`, that certificate must still
+    /// be active and becomes superseded (and the successor inherits its device);
+    /// with `pending_id`, that request is marked issued; with `claim`, the
+    /// device must still be reserved by the claim's owner and becomes enrolled.
+    /// All of it happens in one transaction or not at all.
+    async fn record_issued(
+        &self,
+        certificate: NewCertificate,
+        supersedes: Option<String>,
+        pending_id: Option<String>,
+        claim: Option<DeviceClaim>,
+    ) -> Result<(), RegistryError>;
+
+    /// The certificate with this SHA-256 fingerprint.
+    async fn find_by_fingerprint(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<CertificateRecord>, RegistryError>;
+
+    /// The certificate with this serial (lower-case hex).
+    async fn find_by_serial(
+        &self,
+        serial: &str,
+    ) -> Result<Option<CertificateRecord>, RegistryError>;
+
+    /// Certificates, newest first.
+    async fn list_certificates(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, RegistryError>;
+
+    /// Active certificates whose validity ends before `before` (Unix seconds), soonest first.
+    async fn expiring_before(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, RegistryError>;
+
+    /// Marks a certificate revoked.
+    async fn revoke(&self, serial: &str) -> Result<(), RegistryError>;
+
+    /// The pending request `id`, if any.
+    async fn pending(&self, id: &str) -> Result<Option<PendingRequest>, RegistryError>;
+
+    /// Records a new pending request (a no-op when it already exists).
+    async fn add_pending(&self, request: PendingRequest) -> Result<(), RegistryError>;
+
+    /// Approves or rejects a pending request (only while it is still pending).
+    async fn decide_pending(&self, id: &str, approve: bool) -> Result<(), RegistryError>;
+
+    /// All pending requests, oldest first.
+    async fn list_pending(&self) -> Result<Vec<PendingRequest>, RegistryError>;
+
+    /// Adds devices whose id is not yet known; returns how many were added.
+    async fn add_devices(&self, devices: Vec<NewDevice>) -> Result<usize, RegistryError>;
+
+    /// One device.
+    async fn device(&self, id: &str) -> Result<Option<Device>, RegistryError>;
+
+    /// Devices ordered by id, starting after `after`.
+    async fn list_devices(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Device>, RegistryError>;
+
+    /// Every certificate issued to a device, newest first.
+    async fn device_certificates(&self, id: &str) -> Result<Vec<CertificateRecord>, RegistryError>;
+
+    /// Disables a device (no enrollment, no renewal).
+    async fn disable_device(&self, id: &str) -> Result<(), RegistryError>;
+
+    /// Counts a failed token attempt; the `lock_after`-th locks the device for `lock_secs`.
+    async fn record_failed_attempt(
+        &self,
+        id: &str,
+        lock_after: u32,
+        lock_secs: i64,
+    ) -> Result<(), RegistryError>;
+
+    /// Reserves an unused device for one enrollment until `lease_until`, if
+    /// `token_hash` is its token and no live reservation exists.
+    async fn reserve_device(
+        &self,
+        id: &str,
+        token_hash: &str,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<(), RegistryError>;
+
+    /// Gives a reservation back (the token stays usable).
+    async fn release_device(&self, id: &str, owner: &str) -> Result<(), RegistryError>;
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    unix_seconds(SystemTime::now())
+}
+
+/// `at` as seconds since the Unix epoch.
+pub fn unix_seconds(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

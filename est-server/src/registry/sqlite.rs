@@ -1,0 +1,659 @@
+//! The embedded registry: one SQLite file (WAL, `synchronous=FULL`).
+//!
+//! Calls run on tokio's blocking pool behind one connection mutex; every
+//! write is one `IMMEDIATE` transaction whose conditions are checked inside
+//! it, so concurrent requests serialize on SQLite's write lock and exactly one
+//! wins each race. Look-ups by fingerprint, serial, device and expiry are indexed.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{
+    unix_now, CertState, CertificateRecord, Device, DeviceClaim, DeviceState, NewCertificate,
+    NewDevice, PendingRequest, PendingState, Registry, RegistryError,
+};
+
+/// The SQLite registry. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteRegistry {
+    connection: Arc<Mutex<Connection>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS certificates (
+    serial       TEXT PRIMARY KEY,
+    fingerprint  TEXT NOT NULL UNIQUE,
+    label        TEXT NOT NULL,
+    subject      TEXT NOT NULL,
+    san          TEXT NOT NULL,
+    not_before   INTEGER NOT NULL,
+    not_after    INTEGER NOT NULL,
+    auth         TEXT NOT NULL,
+    predecessor  TEXT,
+    successor    TEXT,
+    state        TEXT NOT NULL,
+    issued_at    INTEGER NOT NULL,
+    der          BLOB NOT NULL,
+    device_id    TEXT
+);
+CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates(state, not_after);
+CREATE INDEX IF NOT EXISTS certificates_device ON certificates(device_id);
+CREATE TABLE IF NOT EXISTS pending_requests (
+    id            TEXT PRIMARY KEY,
+    label         TEXT NOT NULL,
+    subject       TEXT NOT NULL,
+    requested_by  TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    decided_at    INTEGER,
+    issued_serial TEXT
+);
+CREATE TABLE IF NOT EXISTS devices (
+    id               TEXT PRIMARY KEY,
+    token_hash       TEXT NOT NULL,
+    label            TEXT NOT NULL,
+    thing_name       TEXT,
+    policy           TEXT,
+    state            TEXT NOT NULL,
+    created_at       INTEGER NOT NULL,
+    enrolled_at      INTEGER,
+    cert_serial      TEXT,
+    cert_id          TEXT,
+    cert_fingerprint TEXT,
+    cert_not_after   INTEGER,
+    failed_attempts  INTEGER NOT NULL DEFAULT 0,
+    locked_until     INTEGER,
+    lease_owner      TEXT,
+    lease_until      INTEGER
+);
+";
+
+impl SqliteRegistry {
+    /// Opens (creating if needed) the registry file.
+    pub fn open(path: &Path) -> Result<Self, RegistryError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| RegistryError::Task(e.to_string()))?;
+        }
+        let connection = Connection::open(path).map_err(db)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db)?;
+        connection.execute_batch(SCHEMA).map_err(db)?;
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    async fn with<T, F>(&self, f: F) -> Result<T, RegistryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, RegistryError> + Send + 'static,
+    {
+        let connection = self.connection.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = connection
+                .lock()
+                .map_err(|_| RegistryError::Task("registry lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| RegistryError::Task(e.to_string()))?
+    }
+
+    fn query_records(
+        conn: &Connection,
+        sql_tail: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<CertificateRecord>, RegistryError> {
+        let mut statement = conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM certificates {sql_tail}"))
+            .map_err(db)?;
+        let rows = statement.query_map(params, read_record).map_err(db)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db)
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for SqliteRegistry {
+    async fn record_issued(
+        &self,
+        certificate: NewCertificate,
+        supersedes: Option<String>,
+        pending_id: Option<String>,
+        claim: Option<DeviceClaim>,
+    ) -> Result<(), RegistryError> {
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let mut device_id = certificate.device_id.clone();
+            if let Some(old) = &supersedes {
+                let changed = tx
+                    .execute(
+                        "UPDATE certificates SET state = 'superseded', successor = ?1
+                         WHERE serial = ?2 AND state = 'active'",
+                        params![certificate.serial, old],
+                    )
+                    .map_err(db)?;
+                if changed != 1 {
+                    return Err(RegistryError::PredecessorNotActive(old.clone()));
+                }
+                if device_id.is_none() {
+                    device_id = tx
+                        .query_row(
+                            "SELECT device_id FROM certificates WHERE serial = ?1",
+                            [old],
+                            |row| row.get(0),
+                        )
+                        .map_err(db)?;
+                }
+            }
+            if let Some(claim) = &claim {
+                let changed = tx
+                    .execute(
+                        "UPDATE devices SET state = 'enrolled', enrolled_at = ?1, lease_owner = NULL,
+                             lease_until = NULL, failed_attempts = 0
+                         WHERE id = ?2 AND state = 'unused' AND lease_owner = ?3",
+                        params![unix_now(), claim.device_id, claim.owner],
+                    )
+                    .map_err(db)?;
+                if changed != 1 {
+                    return Err(RegistryError::ReservationLost(claim.device_id.clone()));
+                }
+                device_id = Some(claim.device_id.clone());
+            }
+            tx.execute(
+                "INSERT INTO certificates (serial, fingerprint, label, subject, san, not_before,
+                     not_after, auth, predecessor, successor, state, issued_at, der, device_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, 'active', ?10, ?11, ?12)",
+                params![
+                    certificate.serial,
+                    certificate.fingerprint,
+                    certificate.label,
+                    certificate.subject,
+                    certificate.san,
+                    certificate.not_before,
+                    certificate.not_after,
+                    certificate.auth,
+                    certificate.predecessor,
+                    unix_now(),
+                    certificate.der,
+                    device_id,
+                ],
+            )
+            .map_err(db)?;
+            if let Some(device) = &device_id {
+                tx.execute(
+                    "UPDATE devices SET cert_serial = ?1, cert_fingerprint = ?2, cert_not_after = ?3,
+                         cert_id = COALESCE(?4, cert_id)
+                     WHERE id = ?5",
+                    params![
+                        certificate.serial,
+                        certificate.fingerprint,
+                        certificate.not_after,
+                        claim.as_ref().and_then(|c| c.cert_id.clone()),
+                        device
+                    ],
+                )
+                .map_err(db)?;
+            }
+            if let Some(id) = &pending_id {
+                tx.execute(
+                    "UPDATE pending_requests SET state = 'issued', issued_serial = ?1 WHERE id = ?2",
+                    params![certificate.serial, id],
+                )
+                .map_err(db)?;
+            }
+            tx.commit().map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_by_fingerprint(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<CertificateRecord>, RegistryError> {
+        let fingerprint = fingerprint.to_owned();
+        self.with(move |conn| {
+            Ok(Self::query_records(conn, "WHERE fingerprint = ?1", [fingerprint])?.pop())
+        })
+        .await
+    }
+
+    async fn find_by_serial(
+        &self,
+        serial: &str,
+    ) -> Result<Option<CertificateRecord>, RegistryError> {
+        let serial = serial.to_owned();
+        self.with(move |conn| Ok(Self::query_records(conn, "WHERE serial = ?1", [serial])?.pop()))
+            .await
+    }
+
+    async fn list_certificates(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, RegistryError> {
+        self.with(move |conn| {
+            Self::query_records(
+                conn,
+                "ORDER BY issued_at DESC, serial LIMIT ?1",
+                [limit as i64],
+            )
+        })
+        .await
+    }
+
+    async fn expiring_before(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, RegistryError> {
+        self.with(move |conn| {
+            Self::query_records(
+                conn,
+                "WHERE state = 'active' AND not_after < ?1 ORDER BY not_after LIMIT ?2",
+                params![before, limit as i64],
+            )
+        })
+        .await
+    }
+
+    async fn revoke(&self, serial: &str) -> Result<(), RegistryError> {
+        let serial = serial.to_owned();
+        self.with(move |conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE certificates SET state = 'revoked' WHERE serial = ?1",
+                    [&serial],
+                )
+                .map_err(db)?;
+            if changed == 0 {
+                return Err(RegistryError::NotFound(format!("certificate {serial}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn pending(&self, id: &str) -> Result<Option<PendingRequest>, RegistryError> {
+        let id = id.to_owned();
+        self.with(move |conn| {
+            conn.query_row(
+                &format!("SELECT {PENDING_COLUMNS} FROM pending_requests WHERE id = ?1"),
+                [id],
+                read_pending,
+            )
+            .optional()
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn add_pending(&self, request: PendingRequest) -> Result<(), RegistryError> {
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO pending_requests (id, label, subject, requested_by, state, created_at)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
+                params![request.id, request.label, request.subject, request.requested_by, request.created_at],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn decide_pending(&self, id: &str, approve: bool) -> Result<(), RegistryError> {
+        let id = id.to_owned();
+        let state = if approve {
+            PendingState::Approved
+        } else {
+            PendingState::Rejected
+        };
+        self.with(move |conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE pending_requests SET state = ?1, decided_at = ?2 WHERE id = ?3 AND state = 'pending'",
+                    params![state.as_str(), unix_now(), id],
+                )
+                .map_err(db)?;
+            if changed == 0 {
+                return Err(RegistryError::NotFound(format!("pending request {id}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_pending(&self) -> Result<Vec<PendingRequest>, RegistryError> {
+        self.with(|conn| {
+            let mut statement = conn
+                .prepare(&format!(
+                    "SELECT {PENDING_COLUMNS} FROM pending_requests ORDER BY created_at, id"
+                ))
+                .map_err(db)?;
+            let rows = statement.query_map([], read_pending).map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+        .await
+    }
+
+    async fn add_devices(&self, devices: Vec<NewDevice>) -> Result<usize, RegistryError> {
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let mut added = 0;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO devices (id, token_hash, label, thing_name, policy, state, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 'unused', ?6)",
+                    )
+                    .map_err(db)?;
+                let now = unix_now();
+                for d in &devices {
+                    added += insert
+                        .execute(params![d.id, d.token_hash, d.label, d.thing_name, d.policy, now])
+                        .map_err(db)?;
+                }
+            }
+            tx.commit().map_err(db)?;
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn device(&self, id: &str) -> Result<Option<Device>, RegistryError> {
+        let id = id.to_owned();
+        self.with(move |conn| {
+            conn.query_row(
+                &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"),
+                [id],
+                read_device,
+            )
+            .optional()
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn list_devices(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Device>, RegistryError> {
+        self.with(move |conn| {
+            let mut statement = conn
+                .prepare(&format!(
+                    "SELECT {DEVICE_COLUMNS} FROM devices WHERE id > ?1 ORDER BY id LIMIT ?2"
+                ))
+                .map_err(db)?;
+            let rows = statement
+                .query_map(
+                    params![after.unwrap_or_default(), limit as i64],
+                    read_device,
+                )
+                .map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+        .await
+    }
+
+    async fn device_certificates(&self, id: &str) -> Result<Vec<CertificateRecord>, RegistryError> {
+        let id = id.to_owned();
+        self.with(move |conn| {
+            Self::query_records(
+                conn,
+                "WHERE device_id = ?1 ORDER BY issued_at DESC, serial",
+                [id],
+            )
+        })
+        .await
+    }
+
+    async fn disable_device(&self, id: &str) -> Result<(), RegistryError> {
+        let id = id.to_owned();
+        self.with(move |conn| {
+            let changed = conn
+                .execute("UPDATE devices SET state = 'disabled' WHERE id = ?1", [&id])
+                .map_err(db)?;
+            if changed == 0 {
+                return Err(RegistryError::NotFound(format!("device {id}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_failed_attempt(
+        &self,
+        id: &str,
+        lock_after: u32,
+        lock_secs: i64,
+    ) -> Result<(), RegistryError> {
+        let id = id.to_owned();
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE devices SET
+                     failed_attempts = failed_attempts + 1,
+                     locked_until = CASE WHEN failed_attempts + 1 >= ?1 THEN ?2 ELSE locked_until END
+                 WHERE id = ?3",
+                params![lock_after, unix_now() + lock_secs, id],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn reserve_device(
+        &self,
+        id: &str,
+        token_hash: &str,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<(), RegistryError> {
+        let (id, token_hash, owner) = (id.to_owned(), token_hash.to_owned(), owner.to_owned());
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let changed = tx
+                .execute(
+                    "UPDATE devices SET lease_owner = ?1, lease_until = ?2
+                     WHERE id = ?3 AND token_hash = ?4 AND state = 'unused'
+                       AND (lease_until IS NULL OR lease_until < ?5)",
+                    params![owner, lease_until, id, token_hash, unix_now()],
+                )
+                .map_err(db)?;
+            if changed == 1 {
+                tx.commit().map_err(db)?;
+                return Ok(());
+            }
+            let state: Option<String> = tx
+                .query_row("SELECT state FROM devices WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(db)?;
+            Err(match state.as_deref().map(DeviceState::parse) {
+                None => RegistryError::NotFound(format!("device {id}")),
+                Some(DeviceState::Enrolled) => RegistryError::TokenUsed(id),
+                Some(DeviceState::Disabled) => RegistryError::DeviceDisabled(id),
+                Some(DeviceState::Unused) => RegistryError::DeviceBusy(id),
+            })
+        })
+        .await
+    }
+
+    async fn release_device(&self, id: &str, owner: &str) -> Result<(), RegistryError> {
+        let (id, owner) = (id.to_owned(), owner.to_owned());
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE devices SET lease_owner = NULL, lease_until = NULL WHERE id = ?1 AND lease_owner = ?2",
+                params![id, owner],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+const COLUMNS: &str = "serial, fingerprint, label, subject, san, not_before, not_after, auth, \
+                       predecessor, successor, state, issued_at, der, device_id";
+const PENDING_COLUMNS: &str = "id, label, subject, requested_by, state, created_at, issued_serial";
+const DEVICE_COLUMNS: &str = "id, token_hash, label, thing_name, policy, state, created_at, \
+    enrolled_at, cert_serial, cert_id, cert_fingerprint, cert_not_after, failed_attempts, locked_until";
+
+fn db(e: rusqlite::Error) -> RegistryError {
+    RegistryError::Database(e.to_string())
+}
+
+fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRecord> {
+    Ok(CertificateRecord {
+        certificate: NewCertificate {
+            serial: row.get(0)?,
+            fingerprint: row.get(1)?,
+            label: row.get(2)?,
+            subject: row.get(3)?,
+            san: row.get(4)?,
+            not_before: row.get(5)?,
+            not_after: row.get(6)?,
+            auth: row.get(7)?,
+            predecessor: row.get(8)?,
+            der: row.get(12)?,
+            device_id: row.get(13)?,
+        },
+        successor: row.get(9)?,
+        state: CertState::parse(&row.get::<_, String>(10)?),
+        issued_at: row.get(11)?,
+    })
+}
+
+fn read_pending(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingRequest> {
+    Ok(PendingRequest {
+        id: row.get(0)?,
+        label: row.get(1)?,
+        subject: row.get(2)?,
+        requested_by: row.get(3)?,
+        state: PendingState::parse(&row.get::<_, String>(4)?),
+        created_at: row.get(5)?,
+        issued_serial: row.get(6)?,
+    })
+}
+
+fn read_device(row: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
+    Ok(Device {
+        device: NewDevice {
+            id: row.get(0)?,
+            token_hash: row.get(1)?,
+            label: row.get(2)?,
+            thing_name: row.get(3)?,
+            policy: row.get(4)?,
+        },
+        state: DeviceState::parse(&row.get::<_, String>(5)?),
+        created_at: row.get(6)?,
+        enrolled_at: row.get(7)?,
+        cert_serial: row.get(8)?,
+        cert_id: row.get(9)?,
+        cert_fingerprint: row.get(10)?,
+        cert_not_after: row.get(11)?,
+        failed_attempts: row.get::<_, i64>(12)? as u32,
+        locked_until: row.get(13)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::*;
+
+    fn cert(serial: &str, predecessor: Option<&str>) -> NewCertificate {
+        NewCertificate {
+            serial: serial.into(),
+            fingerprint: format!("fp-{serial}"),
+            label: String::new(),
+            subject: "CN=dev".into(),
+            san: String::new(),
+            not_before: 0,
+            not_after: 100,
+            auth: "basic:estuser".into(),
+            predecessor: predecessor.map(str::to_owned),
+            device_id: None,
+            der: vec![1, 2, 3],
+        }
+    }
+
+    #[tokio::test]
+    async fn renewal_supersedes_exactly_once_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        let registry = SqliteRegistry::open(&path).unwrap();
+        registry
+            .record_issued(cert("01", None), None, None, None)
+            .await
+            .unwrap();
+        registry
+            .record_issued(cert("02", Some("01")), Some("01".into()), None, None)
+            .await
+            .unwrap();
+        let second = registry
+            .record_issued(cert("03", Some("01")), Some("01".into()), None, None)
+            .await;
+        assert!(matches!(
+            second,
+            Err(RegistryError::PredecessorNotActive(_))
+        ));
+        assert!(registry.find_by_serial("03").await.unwrap().is_none());
+        drop(registry);
+
+        let registry = SqliteRegistry::open(&path).unwrap();
+        let old = registry
+            .find_by_fingerprint("fp-01")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(old.state, CertState::Superseded);
+        assert_eq!(old.successor.as_deref(), Some("02"));
+        let new = registry.find_by_serial("02").await.unwrap().unwrap();
+        assert_eq!(new.state, CertState::Active);
+        assert_eq!(new.certificate.predecessor.as_deref(), Some("01"));
+    }
+
+    #[tokio::test]
+    async fn pending_requests_flow() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = SqliteRegistry::open(&dir.path().join("r.sqlite")).unwrap();
+        let request = PendingRequest {
+            id: "abc".into(),
+            label: String::new(),
+            subject: "CN=x".into(),
+            requested_by: "basic:u".into(),
+            state: PendingState::Pending,
+            created_at: 1,
+            issued_serial: None,
+        };
+        registry.add_pending(request.clone()).await.unwrap();
+        registry.add_pending(request).await.unwrap();
+        assert_eq!(registry.list_pending().await.unwrap().len(), 1);
+        registry.decide_pending("abc", true).await.unwrap();
+        assert!(registry.decide_pending("abc", false).await.is_err());
+        registry
+            .record_issued(cert("0a", None), None, Some("abc".into()), None)
+            .await
+            .unwrap();
+        let done = registry.pending("abc").await.unwrap().unwrap();
+        assert_eq!(done.state, PendingState::Issued);
+        assert_eq!(done.issued_serial.as_deref(), Some("0a"));
+    }
+}
