@@ -6,6 +6,7 @@
 //! may then do is decided by [`crate::enroll`].
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
@@ -17,9 +18,9 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_cert::Certificate;
 use zeroize::Zeroizing;
 
-use crate::config::{AuthMethod, LabelConfig, UserConfig};
+use crate::config::{AuthMethod, LabelConfig, Limits, UserConfig};
 use crate::error::EstError;
-use crate::registry::{CertState, CertificateRecord, Registry};
+use crate::registry::{CertState, CertificateRecord, DeviceState, Registry};
 use crate::router::Operation;
 
 /// User name and password from an `Authorization: Basic` header.
@@ -80,6 +81,11 @@ impl Users {
             decoy: hash_password("decoy password for unknown users")
                 .expect("hashing a constant cannot fail"),
         }
+    }
+
+    /// True when `name` is a configured user.
+    pub fn knows(&self, name: &str) -> bool {
+        self.hashes.contains_key(name)
     }
 
     /// True when `credentials` name a configured user with the right password.
@@ -152,11 +158,20 @@ pub struct Credentials {
     pub authorization: Option<Vec<u8>>,
     /// The verified TLS client certificate, if any.
     pub client_certificate: Option<ClientCertificate>,
+    /// The client's address, for per-address limits.
+    pub peer: Option<IpAddr>,
 }
 
 /// An authenticated client.
 #[derive(Debug, Clone)]
 pub enum Principal {
+    /// A registered device with its unused one-time token.
+    Device {
+        /// Device id (serial).
+        id: String,
+        /// SHA-256 of the token it presented, hex.
+        token_hash: String,
+    },
     /// A configured Basic user.
     User {
         /// User name.
@@ -189,6 +204,7 @@ impl Principal {
     pub fn describe(&self) -> String {
         match self {
             Principal::User { name } => format!("basic:{name}"),
+            Principal::Device { id, .. } => format!("device-token:{id}"),
             Principal::Bootstrap { certificate } => {
                 format!("bootstrap-cert:{}", certificate.subject)
             }
@@ -207,6 +223,8 @@ pub struct Authenticator {
     users: Arc<Users>,
     bootstrap: Option<Arc<dyn ClientCertVerifier>>,
     registry: Arc<dyn Registry>,
+    limits: Limits,
+    failures: FailureCounter,
 }
 
 impl Authenticator {
@@ -215,11 +233,14 @@ impl Authenticator {
         users: Arc<Users>,
         bootstrap: Option<Arc<dyn ClientCertVerifier>>,
         registry: Arc<dyn Registry>,
+        limits: Limits,
     ) -> Self {
         Self {
+            failures: FailureCounter::new(limits.failures_per_minute_per_address),
             users,
             bootstrap,
             registry,
+            limits,
         }
     }
 
@@ -293,22 +314,106 @@ impl Authenticator {
                 "simplereenroll needs the current certificate as TLS client certificate".into(),
             ));
         }
-        match credentials.authorization {
-            Some(header) if label.auth.contains(&AuthMethod::Basic) => {
-                let basic = parse_basic(&header)?;
-                let name = basic.user.clone();
-                if self.users.verify(basic).await {
-                    Ok(Principal::User { name })
-                } else {
-                    tracing::info!(user = %name, "wrong Basic credentials");
-                    Err(EstError::Unauthorized("wrong user name or password".into()))
-                }
-            }
-            _ => Err(EstError::Unauthorized(
+        let Some(header) = credentials.authorization else {
+            return Err(EstError::Unauthorized(
                 certificate_refusal
                     .map(|r| format!("{r}; authenticate with HTTP Basic"))
                     .unwrap_or_else(|| "authentication required".into()),
-            )),
+            ));
+        };
+        let allows_users = label.auth.contains(&AuthMethod::Basic);
+        let allows_tokens = label.auth.contains(&AuthMethod::DeviceToken);
+        if !allows_users && !allows_tokens {
+            return Err(EstError::Unauthorized(
+                "HTTP Basic is not accepted on this label".into(),
+            ));
+        }
+        if let Some(retry_after_secs) = self.failures.blocked(credentials.peer) {
+            return Err(EstError::TooManyRequests {
+                retry_after_secs,
+                message: "too many failed authentications from this address; wait and retry".into(),
+            });
+        }
+        let basic = parse_basic(&header)?;
+        let outcome = if allows_tokens && !(allows_users && self.users.knows(&basic.user)) {
+            self.device_token(label_name, basic).await
+        } else {
+            let name = basic.user.clone();
+            if self.users.verify(basic).await {
+                Ok(Principal::User { name })
+            } else {
+                tracing::info!(user = %name, "wrong Basic credentials");
+                Err(EstError::Unauthorized("wrong user name or password".into()))
+            }
+        };
+        if matches!(outcome, Err(EstError::Unauthorized(_))) {
+            self.failures.record(credentials.peer);
+        }
+        outcome
+    }
+
+    /// Checks `serial:token` against the device registry (constant-time on the hashes).
+    async fn device_token(
+        &self,
+        label_name: &str,
+        basic: BasicCredentials,
+    ) -> Result<Principal, EstError> {
+        let wrong = || EstError::Unauthorized("unknown device or wrong enrollment token".into());
+        let Some(device) = self
+            .registry
+            .device(&basic.user)
+            .await
+            .map_err(EstError::internal)?
+        else {
+            return Err(wrong());
+        };
+        let now = crate::registry::unix_now();
+        if let Some(until) = device.locked_until.filter(|until| *until > now) {
+            return Err(EstError::TooManyRequests {
+                retry_after_secs: (until - now) as u64,
+                message: format!(
+                    "device {} is locked after too many wrong tokens",
+                    device.device.id
+                ),
+            });
+        }
+        let presented = est_wire::sha256_hex(basic.password.as_bytes());
+        let matches: bool = subtle::ConstantTimeEq::ct_eq(
+            presented.as_bytes(),
+            device.device.token_hash.as_bytes(),
+        )
+        .into();
+        if !matches {
+            tracing::info!(device = %device.device.id, "wrong enrollment token");
+            self.registry
+                .record_failed_attempt(
+                    &device.device.id,
+                    self.limits.token_lockout_after,
+                    self.limits.token_lockout.as_secs() as i64,
+                )
+                .await
+                .map_err(EstError::internal)?;
+            return Err(wrong());
+        }
+        if device.device.label != label_name {
+            return Err(EstError::Forbidden(format!(
+                "device {} enrolls on label `{}`",
+                device.device.id, device.device.label
+            )));
+        }
+        match device.state {
+            DeviceState::Unused => Ok(Principal::Device {
+                id: device.device.id,
+                token_hash: presented,
+            }),
+            DeviceState::Enrolled => Err(EstError::Forbidden(format!(
+                "the enrollment token of device {} has already been used",
+                device.device.id
+            ))),
+            DeviceState::Disabled => Err(EstError::Forbidden(format!(
+                "device {} is disabled",
+                device.device.id
+            ))),
         }
     }
 
@@ -318,6 +423,21 @@ impl Authenticator {
             .find_by_fingerprint(&certificate.fingerprint)
             .await
             .map_err(EstError::internal)?;
+        if let Some(device_id) = record
+            .as_ref()
+            .and_then(|r| r.certificate.device_id.clone())
+        {
+            let device = self
+                .registry
+                .device(&device_id)
+                .await
+                .map_err(EstError::internal)?;
+            if device.is_some_and(|d| d.state == DeviceState::Disabled) {
+                return Ok(CertificateKind::Retired(format!(
+                    "device {device_id} is disabled"
+                )));
+            }
+        }
         Ok(match record {
             None => CertificateKind::Other(certificate),
             Some(record) => match record.state {
@@ -333,6 +453,46 @@ impl Authenticator {
                 )),
             },
         })
+    }
+}
+
+/// Counts failed authentications per client address in one-minute windows.
+struct FailureCounter {
+    per_minute: u32,
+    windows: std::sync::Mutex<HashMap<IpAddr, (u32, std::time::Instant)>>,
+}
+
+impl FailureCounter {
+    fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            windows: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Seconds left in the window when `peer` used up its failures.
+    fn blocked(&self, peer: Option<IpAddr>) -> Option<u64> {
+        let peer = peer?;
+        let windows = self.windows.lock().ok()?;
+        let (count, started) = windows.get(&peer)?;
+        let elapsed = started.elapsed().as_secs();
+        (*count >= self.per_minute && elapsed < 60).then(|| 60 - elapsed)
+    }
+
+    fn record(&self, peer: Option<IpAddr>) {
+        let (Some(peer), Ok(mut windows)) = (peer, self.windows.lock()) else {
+            return;
+        };
+        if windows.len() > 100_000 {
+            windows.retain(|_, (_, started)| started.elapsed().as_secs() < 60);
+        }
+        let entry = windows
+            .entry(peer)
+            .or_insert((0, std::time::Instant::now()));
+        if entry.1.elapsed().as_secs() >= 60 {
+            *entry = (0, std::time::Instant::now());
+        }
+        entry.0 += 1;
     }
 }
 

@@ -52,6 +52,18 @@ pub struct Config {
     /// Labelled paths `/.well-known/est/<label>/…`.
     #[serde(default)]
     pub labels: BTreeMap<String, LabelConfig>,
+    /// The JSON façade for hand-rolled vending-machine devices (off when absent).
+    #[serde(default)]
+    pub cvm: Option<CvmConfig>,
+}
+
+/// `POST /cvm/v1/certificates`: `{"serial", "token", "csr"?}` in, PEMs out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CvmConfig {
+    /// Whose rules apply (`""` for the unlabelled path). It must allow `device-token`.
+    #[serde(default)]
+    pub label: String,
 }
 
 /// TLS settings.
@@ -132,6 +144,15 @@ pub struct Limits {
     /// Most connections served at once; further ones wait in the accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Failed device-token attempts before the device is locked.
+    #[serde(default = "default_lockout_after")]
+    pub token_lockout_after: u32,
+    /// How long a device stays locked after too many failed attempts.
+    #[serde(default = "default_lockout", with = "duration_text")]
+    pub token_lockout: Duration,
+    /// Failed authentications per client address per minute before it gets 429.
+    #[serde(default = "default_failures_per_minute")]
+    pub failures_per_minute_per_address: u32,
 }
 
 impl Default for Limits {
@@ -142,6 +163,9 @@ impl Default for Limits {
             header_timeout: default_timeout(),
             body_timeout: default_timeout(),
             max_connections: default_max_connections(),
+            token_lockout_after: default_lockout_after(),
+            token_lockout: default_lockout(),
+            failures_per_minute_per_address: default_failures_per_minute(),
         }
     }
 }
@@ -175,6 +199,9 @@ pub enum AuthMethod {
     /// A current certificate this server issued under another label (Azure
     /// IoT Edge asks for its Edge CA certificate with its identity certificate).
     IssuedCert,
+    /// HTTP Basic `serial:one-time-token` checked against the device registry
+    /// (the certificate-vending-machine flow). The CSR's CN must be the serial.
+    DeviceToken,
 }
 
 /// What one EST path (label) does.
@@ -278,6 +305,20 @@ impl Config {
                 )
             })?;
         }
+        if let Some(cvm) = &self.cvm {
+            let label = if cvm.label.is_empty() {
+                Some(&self.enroll)
+            } else {
+                self.labels.get(&cvm.label)
+            };
+            match label {
+                None => bail!("cvm.label: no label named `{}`", cvm.label),
+                Some(l) if !l.auth.contains(&AuthMethod::DeviceToken) => {
+                    bail!("cvm.label: label `{}` must allow device-token", cvm.label)
+                }
+                Some(_) => {}
+            }
+        }
         if self.limits.max_body_bytes < 1024 {
             bail!("limits.max_body_bytes: must be at least 1024");
         }
@@ -339,6 +380,15 @@ fn default_timeout() -> Duration {
 }
 fn default_max_connections() -> usize {
     4096
+}
+fn default_lockout_after() -> u32 {
+    5
+}
+fn default_lockout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_failures_per_minute() -> u32 {
+    30
 }
 fn default_profile_name() -> String {
     "default".into()

@@ -21,11 +21,14 @@ use x509_cert::ext::pkix::name::GeneralName;
 
 use crate::config::Config;
 
+/// Id of the demo device dev mode registers (token in `demo-device.token`).
+pub const DEMO_DEVICE: &str = "demo-device-001";
+
 /// Name of the config file dev mode writes into the data directory.
 pub const CONFIG_FILE: &str = "est-server.toml";
 
 /// Prepares `data_dir` and returns the path of its config file.
-pub fn prepare(data_dir: &Path) -> anyhow::Result<PathBuf> {
+pub async fn prepare(data_dir: &Path) -> anyhow::Result<PathBuf> {
     create_private_dir(data_dir)?;
     let config_path = data_dir.join(CONFIG_FILE);
     if !config_path.exists() {
@@ -63,6 +66,17 @@ pub fn prepare(data_dir: &Path) -> anyhow::Result<PathBuf> {
         );
         write_file(&config.tls.cert, chain.as_bytes(), 0o644)?;
     }
+    // A demo device for the vending-machine flow; its token is shown once and kept 0600.
+    let token_file = data_dir.join("demo-device.token");
+    if !token_file.exists() {
+        let registry = crate::registry::SqliteRegistry::open(&config.registry.path)?;
+        let (device, token) =
+            crate::devices::provision(DEMO_DEVICE.into(), String::new(), None, None);
+        let added = crate::registry::Registry::add_devices(&registry, vec![device]).await?;
+        if added == [true] {
+            write_file(&token_file, token.as_bytes(), 0o600)?;
+        }
+    }
     let anchor = data_dir.join("ca.pem");
     if !anchor.exists() {
         write_file(&anchor, certificate_to_pem(ca.root()).as_bytes(), 0o644)?;
@@ -80,6 +94,7 @@ est-server dev mode
   data directory : {dir}
   trust anchor   : {dir}/ca.pem
   demo user      : estuser / estpwd
+  demo device    : {DEMO_DEVICE} / $(cat {dir}/demo-device.token)   (one-time token)
 Try it:
   curl --cacert {dir}/ca.pem {base}/cacerts | openssl base64 -d | openssl pkcs7 -inform DER -print_certs
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout device.key -subj /CN=device-1 -outform DER | openssl base64 > device.b64

@@ -20,9 +20,13 @@ use crate::auth::{Authenticator, Credentials, Principal};
 use crate::config::{ChannelBinding, LabelConfig};
 use crate::error::EstError;
 use crate::registry::{
-    unix_now, unix_seconds, NewCertificate, PendingRequest, PendingState, Registry, RegistryError,
+    unix_now, unix_seconds, DeviceClaim, NewCertificate, PendingRequest, PendingState, Registry,
+    RegistryError,
 };
 use crate::router::Operation;
+
+/// How long a device reservation holds before another request may take over.
+const RESERVATION_SECS: i64 = 60;
 
 /// One configured EST path.
 pub struct Label {
@@ -66,6 +70,8 @@ pub struct Enrolled {
     pub certificate: Certificate,
     /// Serial, hex.
     pub serial: String,
+    /// The backend's id for it (AWS certificate id), or its SHA-256 fingerprint.
+    pub certificate_id: String,
     /// Serial of the certificate it replaces, for renewals.
     pub renewed: Option<String>,
     /// The private key the CA generated (`/serverkeygen` only), PKCS#8 DER.
@@ -119,18 +125,31 @@ impl EnrollService {
         };
 
         let predecessor = renewal_of.map(|(record, _)| record);
+        // A device token is reserved before anything is issued, so concurrent
+        // replays of one token are refused before they reach the CA.
+        let reservation = match &principal {
+            Principal::Device { id, token_hash } => Some(self.reserve(id, token_hash).await?),
+            _ => None,
+        };
         let issue_request = IssueRequest {
             csr: &csr,
             renewal_of: renewal_of.map(|(_, cert)| cert),
         };
-        let (issued, private_key) = if request.operation == Operation::ServerKeyGen {
-            let (issued, key) = label
+        let issued = if request.operation == Operation::ServerKeyGen {
+            label
                 .backend
                 .issue_with_generated_key(issue_request)
-                .await?;
-            (issued, Some(key))
+                .await
+                .map(|(issued, key)| (issued, Some(key)))
         } else {
-            (label.backend.issue(issue_request).await?, None)
+            label.backend.issue(issue_request).await.map(|i| (i, None))
+        };
+        let (issued, private_key) = match issued {
+            Ok(pair) => pair,
+            Err(e) => {
+                self.release(&reservation).await;
+                return Err(e.into());
+            }
         };
         if let Some((_, old)) = renewal_of {
             ensure_same_identity(&issued.certificate, old)?;
@@ -149,18 +168,27 @@ impl EnrollService {
             device_id: None,
             der: issued.der.clone(),
         };
-        match self
+        let claim = reservation.clone().map(|(device_id, owner)| DeviceClaim {
+            device_id,
+            owner,
+            cert_id: issued.backend_ref.clone(),
+        });
+        let recorded = self
             .registry
-            .record_issued(record, predecessor.map(str::to_owned), pending_id, None)
-            .await
-        {
-            Ok(()) => {}
-            Err(RegistryError::PredecessorNotActive(serial)) => {
-                return Err(EstError::Forbidden(format!(
+            .record_issued(record, predecessor.map(str::to_owned), pending_id, claim)
+            .await;
+        if let Err(e) = recorded {
+            // Nothing was recorded, so nothing is delivered and the token stays usable.
+            self.release(&reservation).await;
+            return Err(match e {
+                RegistryError::PredecessorNotActive(serial) => EstError::Forbidden(format!(
                     "certificate {serial} was renewed or revoked by a concurrent request"
-                )))
-            }
-            Err(e) => return Err(EstError::internal(e)),
+                )),
+                RegistryError::ReservationLost(device) => EstError::Forbidden(format!(
+                    "the enrollment of device {device} took too long and was taken over; retry"
+                )),
+                other => EstError::internal(other),
+            });
         }
         tracing::info!(
             serial = %issued.serial_hex,
@@ -171,11 +199,52 @@ impl EnrollService {
             "issued certificate"
         );
         Ok(Enrolled {
+            certificate_id: issued
+                .backend_ref
+                .clone()
+                .unwrap_or_else(|| est_wire::sha256_hex(&issued.der)),
             certificate: issued.certificate,
             serial: issued.serial_hex,
             renewed: predecessor.map(str::to_owned),
             private_key,
         })
+    }
+
+    /// Reserves a device's one-time token for this request.
+    async fn reserve(&self, id: &str, token_hash: &str) -> Result<(String, String), EstError> {
+        let mut owner = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut owner).map_err(|_| EstError::internal("no randomness"))?;
+        let owner = hex::encode(owner);
+        let lease_until = unix_now() + RESERVATION_SECS;
+        match self
+            .registry
+            .reserve_device(id, token_hash, &owner, lease_until)
+            .await
+        {
+            Ok(()) => Ok((id.to_owned(), owner)),
+            Err(RegistryError::TokenUsed(id)) => Err(EstError::Forbidden(format!(
+                "the enrollment token of device {id} has already been used"
+            ))),
+            Err(RegistryError::DeviceBusy(id)) => Err(EstError::Forbidden(format!(
+                "device {id} is being enrolled by a concurrent request"
+            ))),
+            Err(RegistryError::DeviceDisabled(id)) => {
+                Err(EstError::Forbidden(format!("device {id} is disabled")))
+            }
+            Err(RegistryError::NotFound(_)) => Err(EstError::Unauthorized(
+                "unknown device or wrong enrollment token".into(),
+            )),
+            Err(e) => Err(EstError::internal(e)),
+        }
+    }
+
+    /// Gives a reservation back after a failure, leaving the token usable.
+    async fn release(&self, reservation: &Option<(String, String)>) {
+        if let Some((id, owner)) = reservation {
+            if let Err(e) = self.registry.release_device(id, owner).await {
+                tracing::warn!(device = %id, error = %e, "could not release reservation; it expires by itself");
+            }
+        }
     }
 
     async fn approval(
@@ -239,6 +308,7 @@ impl EnrollService {
                     let certificate = est_wire::pem::certificate_from_der(&record.certificate.der)
                         .map_err(EstError::internal)?;
                     Ok(Approval::AlreadyIssued(Box::new(Enrolled {
+                        certificate_id: record.certificate.fingerprint.clone(),
                         certificate,
                         serial,
                         renewed: None,
@@ -264,6 +334,16 @@ fn authorize<'p>(
 ) -> Result<Option<(&'p str, &'p Certificate)>, EstError> {
     match principal {
         Principal::User { .. } | Principal::IssuedElsewhere { .. } => Ok(None),
+        Principal::Device { id, .. } => {
+            // No device may enroll another's identity.
+            match csr.common_name() {
+                Some(cn) if cn == *id => Ok(None),
+                other => Err(EstError::Forbidden(format!(
+                    "device {id} may only enroll CN={id}, not CN={}",
+                    other.unwrap_or_default()
+                ))),
+            }
+        }
         Principal::Bootstrap { certificate } => {
             if label.config.bootstrap_subject_must_match {
                 let wanted = csr.common_name();

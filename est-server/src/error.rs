@@ -21,6 +21,14 @@ pub enum EstError {
     /// No such path or label (404).
     #[error("{0}")]
     NotFound(String),
+    /// Too many failed attempts (429 + Retry-After).
+    #[error("{message}")]
+    TooManyRequests {
+        /// Seconds until attempts are accepted again.
+        retry_after_secs: u64,
+        /// What was limited.
+        message: String,
+    },
     /// Body too slow (408).
     #[error("{0}")]
     Timeout(String),

@@ -45,6 +45,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Makes hyper spell header names exactly (see [`crate::header_case`]).
     pub header_case: Extensions,
+    /// Label whose rules the JSON façade applies, when it is enabled.
+    pub cvm_label: Option<String>,
     next_request_id: AtomicU64,
 }
 
@@ -56,6 +58,7 @@ impl AppState {
         realm: String,
         limits: Limits,
         header_case: Extensions,
+        cvm_label: Option<String>,
     ) -> Self {
         Self {
             labels,
@@ -63,6 +66,7 @@ impl AppState {
             realm,
             limits,
             header_case,
+            cvm_label,
             next_request_id: AtomicU64::new(1),
         }
     }
@@ -182,10 +186,13 @@ async fn handle(
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let outcome = dispatch(state, connection, request).await;
-    let response = match outcome {
-        Ok(response) => response,
-        Err(error) => error_response(state, &error, request_id),
+    let response = if path == CVM_PATH {
+        cvm(state, connection, request, request_id).await
+    } else {
+        match dispatch(state, connection, request).await {
+            Ok(response) => response,
+            Err(error) => error_response(state, &error, request_id),
+        }
     };
     let status = response.status().as_u16();
     if status >= 500 {
@@ -257,6 +264,7 @@ async fn dispatch(
                     .get(AUTHORIZATION)
                     .map(|v| v.as_bytes().to_vec()),
                 client_certificate: connection.client_certificate.clone(),
+                peer: Some(connection.peer.ip()),
             };
             let body = read_pkcs10_body(state, request).await?;
             let enrolled = state
@@ -278,6 +286,78 @@ async fn dispatch(
             }
         }
     }
+}
+
+/// Path of the JSON façade.
+const CVM_PATH: &str = "/cvm/v1/certificates";
+
+/// The JSON façade: same enrollment service, JSON in and out.
+async fn cvm(
+    state: &AppState,
+    connection: &Connection,
+    request: Request<Incoming>,
+    request_id: u64,
+) -> Response<Full<Bytes>> {
+    let outcome = async {
+        let label = state
+            .cvm_label
+            .as_ref()
+            .and_then(|name| state.labels.get(name))
+            .ok_or_else(|| EstError::NotFound("the JSON façade is not enabled".into()))?;
+        if request.method() != hyper::Method::POST {
+            return Err(EstError::BadRequest("use POST".into()));
+        }
+        let content_type = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !media::matches(content_type, "application/json") {
+            return Err(EstError::UnsupportedMediaType(
+                "Content-Type must be application/json".into(),
+            ));
+        }
+        let body = tokio::time::timeout(
+            state.limits.body_timeout,
+            read_limited(request.into_body(), state.limits.max_body_bytes),
+        )
+        .await
+        .map_err(|_| EstError::Timeout("the request body did not arrive in time".into()))??;
+        crate::cvm::handle(
+            &state.enroll,
+            label,
+            &body,
+            Some(connection.peer.ip()),
+            connection.channel_binding,
+        )
+        .await
+    }
+    .await;
+    let (status, json) = match outcome {
+        Ok(answer) => (
+            StatusCode::OK,
+            serde_json::to_vec(&answer).unwrap_or_default(),
+        ),
+        Err(error) => {
+            let text = error_response(state, &error, request_id);
+            let status = text.status();
+            let message = if error.is_server_fault() {
+                format!("the server could not complete the request (request id {request_id})")
+            } else {
+                error.to_string()
+            };
+            (
+                status,
+                serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default(),
+            )
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(json)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 /// Checks the media type and size, then reads the body within the time limit.
@@ -376,6 +456,7 @@ fn error_response(state: &AppState, error: &EstError, request_id: u64) -> Respon
         EstError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         EstError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         EstError::Pending { .. } => StatusCode::ACCEPTED,
+        EstError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         EstError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         EstError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         EstError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -397,6 +478,9 @@ fn error_response(state: &AppState, error: &EstError, request_id: u64) -> Respon
             }
         }
         EstError::Pending {
+            retry_after_secs, ..
+        }
+        | EstError::TooManyRequests {
             retry_after_secs, ..
         } => {
             headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));

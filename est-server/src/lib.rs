@@ -7,7 +7,9 @@
 
 pub mod auth;
 pub mod config;
+pub mod cvm;
 pub mod dev;
+pub mod devices;
 pub mod enroll;
 pub mod error;
 pub mod header_case;

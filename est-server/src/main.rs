@@ -39,6 +39,81 @@ enum Command {
         #[command(subcommand)]
         action: CertsAction,
     },
+    /// The device registry (serial + one-time token enrollment).
+    Devices {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        action: DevicesAction,
+    },
+    /// Fleet-wide expiry audit (like Device Defender's DEVICE_CERTIFICATE_EXPIRING_CHECK).
+    Audit {
+        #[command(flatten)]
+        target: Target,
+        /// Report active certificates that expire within this window (e.g. 30d).
+        #[arg(long, value_parser = parse_duration)]
+        expiring_within: std::time::Duration,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    ca_backends::profile::duration_text::parse(text)
+}
+
+#[derive(Subcommand)]
+enum DevicesAction {
+    /// Register one device and print its one-time token (shown only now).
+    Add {
+        /// Device id (serial); it must be the CN of the device's CSR.
+        id: String,
+        /// Label the device enrolls on (default: the unlabelled path).
+        #[arg(long, default_value = "")]
+        label: String,
+        /// AWS IoT thing name, when it differs from the id.
+        #[arg(long)]
+        thing: Option<String>,
+        /// AWS IoT policy for this device.
+        #[arg(long)]
+        policy: Option<String>,
+    },
+    /// Register devices from a CSV file (`id[,label[,thing[,policy]]]`); tokens go to a 0600 file.
+    Import {
+        /// CSV file.
+        csv: PathBuf,
+        /// Where to write `id,token` lines (created 0600; must not exist).
+        #[arg(long)]
+        tokens_out: PathBuf,
+        /// Label for rows that name none.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List devices.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Start after this id (paging).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Show one device and its certificate history.
+    Show {
+        /// Device id.
+        id: String,
+    },
+    /// Disable a device: no enrollment, no renewal.
+    Disable {
+        /// Device id.
+        id: String,
+    },
+    /// Revoke every active certificate of a device and disable it.
+    Revoke {
+        /// Device id.
+        id: String,
+    },
 }
 
 #[derive(Args)]
@@ -167,12 +242,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Pending { target, action } => pending(target, action).await,
         Command::Certs { target, action } => certs(target, action).await,
+        Command::Devices { target, action } => devices(target, action).await,
+        Command::Audit {
+            target,
+            expiring_within,
+            json,
+        } => audit(target, expiring_within, json).await,
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (mut config, dev_dir) = if args.dev {
-        let path = est_server::dev::prepare(&args.data_dir)?;
+        let path = est_server::dev::prepare(&args.data_dir).await?;
         (Config::load(&path)?, Some(args.data_dir.clone()))
     } else {
         let path = args.config.expect("clap requires --config without --dev");
@@ -246,10 +327,7 @@ async fn certs(target: Target, action: CertsAction) -> anyhow::Result<()> {
                     c.serial,
                     r.state.to_string(),
                     if c.label.is_empty() { "-" } else { &c.label },
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH
-                            + std::time::Duration::from_secs(c.not_after.max(0) as u64)
-                    ),
+                    format_time(c.not_after),
                     c.subject,
                     c.predecessor.as_deref().unwrap_or("-"),
                     c.auth
@@ -262,4 +340,256 @@ async fn certs(target: Target, action: CertsAction) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn devices(target: Target, action: DevicesAction) -> anyhow::Result<()> {
+    use est_server::devices::{is_valid_device_id, provision};
+    let registry = target.registry()?;
+    match action {
+        DevicesAction::Add {
+            id,
+            label,
+            thing,
+            policy,
+        } => {
+            if !is_valid_device_id(&id) {
+                anyhow::bail!("`{id}` is not a valid device id (printable ASCII, no `:` or `,`)");
+            }
+            let (device, token) = provision(id.clone(), label, thing, policy);
+            let added = registry.add_devices(vec![device]).await?;
+            if added != [true] {
+                anyhow::bail!("device {id} already exists");
+            }
+            println!(
+                "device {id} added; one-time token (shown only now): {}",
+                token.as_str()
+            );
+        }
+        DevicesAction::Import {
+            csv,
+            tokens_out,
+            label,
+        } => import(&*registry, &csv, &tokens_out, &label).await?,
+        DevicesAction::List { limit, after } => {
+            for d in registry.list_devices(after, limit).await? {
+                println!(
+                    "{:<24} {:<9} label={:<10} cert={} not_after={}",
+                    d.device.id,
+                    d.state.to_string(),
+                    if d.device.label.is_empty() {
+                        "-"
+                    } else {
+                        &d.device.label
+                    },
+                    d.cert_serial.as_deref().unwrap_or("-"),
+                    d.cert_not_after
+                        .map(format_time)
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        DevicesAction::Show { id } => {
+            let d = registry
+                .device(&id)
+                .await?
+                .with_context(|| format!("no device {id}"))?;
+            println!("device:       {}", d.device.id);
+            println!("state:        {}", d.state);
+            println!(
+                "label:        {}",
+                if d.device.label.is_empty() {
+                    "-"
+                } else {
+                    &d.device.label
+                }
+            );
+            println!(
+                "thing:        {}",
+                d.device.thing_name.as_deref().unwrap_or("-")
+            );
+            println!(
+                "policy:       {}",
+                d.device.policy.as_deref().unwrap_or("-")
+            );
+            println!("created:      {}", format_time(d.created_at));
+            println!(
+                "enrolled:     {}",
+                d.enrolled_at.map(format_time).unwrap_or_else(|| "-".into())
+            );
+            println!(
+                "certificate:  {} (id {}, sha256 {}, not after {})",
+                d.cert_serial.as_deref().unwrap_or("-"),
+                d.cert_id.as_deref().unwrap_or("-"),
+                d.cert_fingerprint.as_deref().unwrap_or("-"),
+                d.cert_not_after
+                    .map(format_time)
+                    .unwrap_or_else(|| "-".into())
+            );
+            println!("failed token attempts: {}", d.failed_attempts);
+            println!("history:");
+            for c in registry.device_certificates(&id).await? {
+                println!(
+                    "  {}  {:<10}  issued {}  not_after {}  auth={}",
+                    c.certificate.serial,
+                    c.state.to_string(),
+                    format_time(c.issued_at),
+                    format_time(c.certificate.not_after),
+                    c.certificate.auth
+                );
+            }
+        }
+        DevicesAction::Disable { id } => {
+            registry.disable_device(&id).await?;
+            println!("disabled {id}");
+        }
+        DevicesAction::Revoke { id } => {
+            registry.disable_device(&id).await?;
+            let mut revoked = 0;
+            for c in registry.device_certificates(&id).await? {
+                if c.state == est_server::registry::CertState::Active {
+                    registry.revoke(&c.certificate.serial).await?;
+                    revoked += 1;
+                }
+            }
+            println!("disabled {id} and revoked {revoked} active certificate(s)");
+        }
+    }
+    Ok(())
+}
+
+async fn import(
+    registry: &dyn Registry,
+    csv: &Path,
+    tokens_out: &Path,
+    default_label: &str,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text =
+        std::fs::read_to_string(csv).with_context(|| format!("cannot read {}", csv.display()))?;
+    let mut rows = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if number == 0
+            && line
+                .split(',')
+                .next()
+                .is_some_and(|f| f.trim().eq_ignore_ascii_case("id"))
+        {
+            continue;
+        }
+        match est_server::devices::parse_csv_row(line, default_label) {
+            Ok(Some(row)) => rows.push(row),
+            Ok(None) => {}
+            Err(e) => anyhow::bail!("{}:{}: {e}", csv.display(), number + 1),
+        }
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tokens_out)
+        .with_context(|| format!("cannot create {} (it must not exist)", tokens_out.display()))?;
+    let total = rows.len();
+    let (mut added, mut skipped, mut done) = (0usize, 0usize, 0usize);
+    let started = std::time::Instant::now();
+    let mut writer = std::io::BufWriter::new(&mut out);
+    writeln!(writer, "id,token")?;
+    for chunk in rows.chunks(5000) {
+        let provisioned: Vec<_> = chunk
+            .iter()
+            .cloned()
+            .map(|(id, label, thing, policy)| {
+                est_server::devices::provision(id, label, thing, policy)
+            })
+            .collect();
+        let outcome = registry
+            .add_devices(provisioned.iter().map(|(d, _)| d.clone()).collect())
+            .await?;
+        for ((device, token), was_added) in provisioned.iter().zip(outcome) {
+            if was_added {
+                writeln!(writer, "{},{}", device.id, token.as_str())?;
+                added += 1;
+            } else {
+                skipped += 1;
+            }
+        }
+        done += chunk.len();
+        let width = 40;
+        let filled = if total == 0 {
+            width
+        } else {
+            done * width / total
+        };
+        eprint!(
+            "\r[{}{}] {done}/{total} devices",
+            "#".repeat(filled),
+            " ".repeat(width - filled)
+        );
+    }
+    writer.flush()?;
+    drop(writer);
+    out.sync_all()?;
+    eprintln!();
+    println!(
+        "imported {added} devices ({skipped} already known, skipped) in {:.1}s; tokens in {} (0600) — hand them over and delete the file",
+        started.elapsed().as_secs_f64(),
+        tokens_out.display()
+    );
+    Ok(())
+}
+
+async fn audit(target: Target, window: std::time::Duration, json: bool) -> anyhow::Result<()> {
+    let registry = target.registry()?;
+    let now = unix_now();
+    let until = now + window.as_secs() as i64;
+    let found = registry.expiring_before(until, 1_000_000).await?;
+    if json {
+        let items: Vec<serde_json::Value> = found
+            .iter()
+            .map(|r| {
+                let c = &r.certificate;
+                serde_json::json!({
+                    "serial": c.serial,
+                    "deviceId": c.device_id,
+                    "label": c.label,
+                    "subject": c.subject,
+                    "notAfter": format_time(c.not_after),
+                    "secondsLeft": c.not_after - now,
+                    "status": if c.not_after <= now { "expired" } else { "expiring" },
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+    } else {
+        for r in &found {
+            let c = &r.certificate;
+            let left = c.not_after - now;
+            println!(
+                "{}  {:<8}  device={:<20} not_after={}  ({})  subject={}",
+                c.serial,
+                if left <= 0 { "EXPIRED" } else { "expiring" },
+                c.device_id.as_deref().unwrap_or("-"),
+                format_time(c.not_after),
+                if left <= 0 {
+                    "past".to_owned()
+                } else {
+                    format!("{:.1} days left", left as f64 / 86400.0)
+                },
+                c.subject
+            );
+        }
+        eprintln!(
+            "{} active certificate(s) expire within {}",
+            found.len(),
+            humantime::format_duration(window)
+        );
+    }
+    Ok(())
+}
+
+fn format_time(unix: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64),
+    )
+    .to_string()
 }

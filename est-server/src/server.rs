@@ -54,7 +54,12 @@ pub async fn run(
     }
 
     let users = Arc::new(Users::new(&config.users));
-    let authenticator = Authenticator::new(users, tls.bootstrap_verifier.clone(), registry.clone());
+    let authenticator = Authenticator::new(
+        users,
+        tls.bootstrap_verifier.clone(),
+        registry.clone(),
+        config.limits.clone(),
+    );
     let enroll = EnrollService::new(authenticator, registry);
     let header_case = crate::header_case::template().await?;
     let state = Arc::new(AppState::new(
@@ -63,6 +68,7 @@ pub async fn run(
         config.realm.clone(),
         config.limits.clone(),
         header_case,
+        config.cvm.as_ref().map(|c| c.label.clone()),
     ));
 
     let listener = TcpListener::bind(config.listen)

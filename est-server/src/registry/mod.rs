@@ -322,8 +322,9 @@ pub trait Registry: Send + Sync {
     /// All pending requests, oldest first.
     async fn list_pending(&self) -> Result<Vec<PendingRequest>, RegistryError>;
 
-    /// Adds devices whose id is not yet known; returns how many were added.
-    async fn add_devices(&self, devices: Vec<NewDevice>) -> Result<usize, RegistryError>;
+    /// Adds devices whose id is not yet known (in one transaction); returns,
+    /// for each input, whether it was added (false: the id already existed).
+    async fn add_devices(&self, devices: Vec<NewDevice>) -> Result<Vec<bool>, RegistryError>;
 
     /// One device.
     async fn device(&self, id: &str) -> Result<Option<Device>, RegistryError>;

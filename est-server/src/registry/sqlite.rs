@@ -38,8 +38,6 @@ CREATE TABLE IF NOT EXISTS certificates (
     der          BLOB NOT NULL,
     device_id    TEXT
 );
-CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates(state, not_after);
-CREATE INDEX IF NOT EXISTS certificates_device ON certificates(device_id);
 CREATE TABLE IF NOT EXISTS pending_requests (
     id            TEXT PRIMARY KEY,
     label         TEXT NOT NULL,
@@ -70,6 +68,26 @@ CREATE TABLE IF NOT EXISTS devices (
 );
 ";
 
+/// Indexes, created after [`migrate`] has added any missing column.
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates(state, not_after);
+CREATE INDEX IF NOT EXISTS certificates_device ON certificates(device_id);
+";
+
+/// Brings a registry made by an earlier version up to the current schema.
+fn migrate(connection: &Connection) -> Result<(), RegistryError> {
+    let has_device_id = connection
+        .prepare("SELECT 1 FROM pragma_table_info('certificates') WHERE name = 'device_id'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(db)?;
+    if !has_device_id {
+        connection
+            .execute_batch("ALTER TABLE certificates ADD COLUMN device_id TEXT")
+            .map_err(db)?;
+    }
+    connection.execute_batch(INDEXES).map_err(db)
+}
+
 impl SqliteRegistry {
     /// Opens (creating if needed) the registry file.
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
@@ -87,6 +105,7 @@ impl SqliteRegistry {
             .busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db)?;
         connection.execute_batch(SCHEMA).map_err(db)?;
+        migrate(&connection)?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
         })
@@ -346,12 +365,12 @@ impl Registry for SqliteRegistry {
         .await
     }
 
-    async fn add_devices(&self, devices: Vec<NewDevice>) -> Result<usize, RegistryError> {
+    async fn add_devices(&self, devices: Vec<NewDevice>) -> Result<Vec<bool>, RegistryError> {
         self.with(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db)?;
-            let mut added = 0;
+            let mut added = Vec::with_capacity(devices.len());
             {
                 let mut insert = tx
                     .prepare_cached(
@@ -361,9 +380,10 @@ impl Registry for SqliteRegistry {
                     .map_err(db)?;
                 let now = unix_now();
                 for d in &devices {
-                    added += insert
+                    let inserted = insert
                         .execute(params![d.id, d.token_hash, d.label, d.thing_name, d.policy, now])
                         .map_err(db)?;
+                    added.push(inserted == 1);
                 }
             }
             tx.commit().map_err(db)?;
@@ -628,6 +648,134 @@ mod tests {
         let new = registry.find_by_serial("02").await.unwrap().unwrap();
         assert_eq!(new.state, CertState::Active);
         assert_eq!(new.certificate.predecessor.as_deref(), Some("01"));
+    }
+
+    fn device(id: &str, token_hash: &str) -> NewDevice {
+        NewDevice {
+            id: id.into(),
+            token_hash: token_hash.into(),
+            label: String::new(),
+            thing_name: None,
+            policy: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_token_one_certificate_under_concurrency() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(SqliteRegistry::open(&dir.path().join("r.sqlite")).unwrap());
+        let added = registry
+            .add_devices(vec![device("SN1", "h1"), device("SN1", "other")])
+            .await
+            .unwrap();
+        assert_eq!(
+            added,
+            vec![true, false],
+            "an existing id is never overwritten"
+        );
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let registry = registry.clone();
+            tasks.push(tokio::spawn(async move {
+                let owner = format!("req-{i}");
+                registry
+                    .reserve_device("SN1", "h1", &owner, unix_now() + 60)
+                    .await?;
+                let mut c = cert(&format!("{i:02x}"), None);
+                c.device_id = None;
+                registry
+                    .record_issued(
+                        c,
+                        None,
+                        None,
+                        Some(DeviceClaim {
+                            device_id: "SN1".into(),
+                            owner,
+                            cert_id: None,
+                        }),
+                    )
+                    .await
+            }));
+        }
+        let mut wins = 0;
+        for task in tasks {
+            if task.await.unwrap().is_ok() {
+                wins += 1;
+            }
+        }
+        assert_eq!(wins, 1, "exactly one request redeems the token");
+        let d = registry.device("SN1").await.unwrap().unwrap();
+        assert_eq!(d.state, DeviceState::Enrolled);
+        assert_eq!(registry.device_certificates("SN1").await.unwrap().len(), 1);
+        assert!(matches!(
+            registry
+                .reserve_device("SN1", "h1", "late", unix_now() + 60)
+                .await,
+            Err(RegistryError::TokenUsed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn reservations_expire_and_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = SqliteRegistry::open(&dir.path().join("r.sqlite")).unwrap();
+        registry
+            .add_devices(vec![device("SN2", "h2")])
+            .await
+            .unwrap();
+        assert!(matches!(
+            registry
+                .reserve_device("SN2", "wrong", "a", unix_now() + 60)
+                .await,
+            Err(RegistryError::DeviceBusy(_))
+        ));
+        registry
+            .reserve_device("SN2", "h2", "a", unix_now() + 60)
+            .await
+            .unwrap();
+        assert!(matches!(
+            registry
+                .reserve_device("SN2", "h2", "b", unix_now() + 60)
+                .await,
+            Err(RegistryError::DeviceBusy(_))
+        ));
+        registry.release_device("SN2", "a").await.unwrap();
+        registry
+            .reserve_device("SN2", "h2", "b", unix_now() - 1)
+            .await
+            .unwrap();
+        // b's lease already ran out (a crashed request): c may take over, and b loses.
+        registry
+            .reserve_device("SN2", "h2", "c", unix_now() + 60)
+            .await
+            .unwrap();
+        let lost = registry
+            .record_issued(
+                cert("0b", None),
+                None,
+                None,
+                Some(DeviceClaim {
+                    device_id: "SN2".into(),
+                    owner: "b".into(),
+                    cert_id: None,
+                }),
+            )
+            .await;
+        assert!(matches!(lost, Err(RegistryError::ReservationLost(_))));
+        assert!(registry.find_by_serial("0b").await.unwrap().is_none());
+        for _ in 0..3 {
+            registry.record_failed_attempt("SN2", 3, 300).await.unwrap();
+        }
+        let d = registry.device("SN2").await.unwrap().unwrap();
+        assert_eq!(d.failed_attempts, 3);
+        assert!(d.locked_until.unwrap() > unix_now());
+        registry.disable_device("SN2").await.unwrap();
+        assert!(matches!(
+            registry
+                .reserve_device("SN2", "h2", "d", unix_now() + 60)
+                .await,
+            Err(RegistryError::DeviceDisabled(_))
+        ));
     }
 
     #[tokio::test]
