@@ -51,7 +51,12 @@ pub fn parse_csv_row(
             .map(|f| f.to_string())
     };
     let label = field(1).unwrap_or_else(|| default_label.to_owned());
-    Ok(Some((id.to_owned(), label, field(2), field(3))))
+    Ok(Some(CsvRow {
+        id: id.to_owned(),
+        label,
+        thing_name: field(2),
+        policy: field(3),
+    }))
 }
 
 /// Builds the registry entry for a device with a fresh token; returns both.
@@ -103,7 +108,12 @@ mod tests {
         );
         assert_eq!(
             parse_csv_row("SN-2", "dflt").unwrap(),
-            Some(("SN-2".into(), "dflt".into(), None, None))
+            Some(CsvRow {
+                id: "SN-2".into(),
+                label: "dflt".into(),
+                thing_name: None,
+                policy: None
+            })
         );
         assert!(parse_csv_row("bad:id", "").is_err());
         assert!(is_valid_device_id("ABC-123_x.y"));
