@@ -29,12 +29,22 @@ pub fn is_valid_device_id(id: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && b != b':' && b != b',')
 }
 
-/// One CSV row: `id[,label[,thing_name[,policy]]]`. A first line starting
-/// with `id` is a header; `#` lines and blank lines are skipped.
-pub fn parse_csv_row(
-    line: &str,
-    default_label: &str,
-) -> Result<Option<(String, String, Option<String>, Option<String>)>, String> {
+/// One device from an import file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsvRow {
+    /// Device id.
+    pub id: String,
+    /// Label it enrolls on.
+    pub label: String,
+    /// AWS IoT thing name, if given.
+    pub thing_name: Option<String>,
+    /// AWS IoT policy, if given.
+    pub policy: Option<String>,
+}
+
+/// One CSV row: `id[,label[,thing_name[,policy]]]`. `#` lines and blank
+/// lines are skipped (the caller skips a header line).
+pub fn parse_csv_row(line: &str, default_label: &str) -> Result<Option<CsvRow>, String> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);
