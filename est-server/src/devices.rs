@@ -109,12 +109,12 @@ mod tests {
         assert_eq!(parse_csv_row("", "").unwrap(), None);
         assert_eq!(
             parse_csv_row("SN-1,iot,thing-1,pol", "").unwrap(),
-            Some((
-                "SN-1".into(),
-                "iot".into(),
-                Some("thing-1".into()),
-                Some("pol".into())
-            ))
+            Some(CsvRow {
+                id: "SN-1".into(),
+                label: "iot".into(),
+                thing_name: Some("thing-1".into()),
+                policy: Some("pol".into())
+            })
         );
         assert_eq!(
             parse_csv_row("SN-2", "dflt").unwrap(),

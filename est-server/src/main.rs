@@ -498,8 +498,8 @@ async fn import(
         let provisioned: Vec<_> = chunk
             .iter()
             .cloned()
-            .map(|(id, label, thing, policy)| {
-                est_server::devices::provision(id, label, thing, policy)
+            .map(|row| {
+                est_server::devices::provision(row.id, row.label, row.thing_name, row.policy)
             })
             .collect();
         let outcome = registry
