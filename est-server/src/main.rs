@@ -515,11 +515,7 @@ async fn import(
         }
         done += chunk.len();
         let width = 40;
-        let filled = if total == 0 {
-            width
-        } else {
-            done * width / total
-        };
+        let filled = (done * width).checked_div(total).unwrap_or(width);
         eprint!(
             "\r[{}{}] {done}/{total} devices",
             "#".repeat(filled),
