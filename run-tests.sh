@@ -12,6 +12,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
+# The AWS emulator for the AWS IoT backend tests (PyPI moto[server], with boto3).
+if ! python3 -c "import moto, boto3, cryptography" 2>/dev/null; then
+  echo "installing: moto[server]"
+  python3 -m pip install -q "moto[server]>=5.2,<5.3"
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -10,6 +10,8 @@
 //! Room is left for more (AWS IoT, an upstream EST server as RA, keys in a
 //! PKCS#11 token) without touching the server.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod local;
 pub mod profile;
 mod x509;
@@ -28,6 +30,18 @@ pub struct IssueRequest<'a> {
     pub csr: &'a Csr,
     /// The certificate being renewed, when this is a re-enrollment.
     pub renewal_of: Option<&'a Certificate>,
+    /// Where the certificate is bound, for backends that bind (AWS IoT things).
+    pub binding: Option<&'a Binding>,
+}
+
+/// What a certificate is attached to in a platform (AWS IoT): the thing and,
+/// optionally, a policy overriding the label's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// Thing name (the device serial unless the registry says otherwise).
+    pub thing_name: String,
+    /// Policy name for this device, if it differs from the label's.
+    pub policy: Option<String>,
 }
 
 /// A certificate the backend has issued.
@@ -78,6 +92,15 @@ pub trait CaBackend: Send + Sync {
 
     /// Issues a certificate for a verified CSR.
     async fn issue(&self, request: IssueRequest<'_>) -> Result<IssuedCertificate, CaError>;
+
+    /// Takes a certificate out of service for good: a superseded predecessor
+    /// once its successor is proven, or a certificate created by a request
+    /// that then failed (compensation). `backend_ref` is what `issue` returned.
+    /// Backends whose certificates need no clean-up keep this default.
+    async fn retire(&self, backend_ref: &str, binding: Option<&Binding>) -> Result<(), CaError> {
+        let _ = (backend_ref, binding);
+        Ok(())
+    }
 
     /// Server-side key generation (`/serverkeygen`): makes a key pair, issues a
     /// certificate for it with the CSR's identity, and returns the private key

@@ -406,6 +406,7 @@ mod tests {
             .issue(IssueRequest {
                 csr: &request,
                 renewal_of: None,
+                binding: None,
             })
             .await
             .unwrap();
@@ -423,6 +424,7 @@ mod tests {
             .issue(IssueRequest {
                 csr: &with_sans,
                 renewal_of: None,
+                binding: None,
             })
             .await
             .unwrap();

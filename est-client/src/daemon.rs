@@ -232,8 +232,11 @@ impl Renewer {
             }
         };
 
-        // Verify before installing: chains to the trust anchors through /cacerts, certifies our key.
-        let chain = self.client(None, None)?.cacerts().await?;
+        // Verify before installing: chains to the trust anchors through /cacerts,
+        // certifies our key. /cacerts is fetched over TLS with the new pair,
+        // which also shows the server the successor works (it may then retire
+        // the predecessor).
+        let chain = self.cacerts_with(&issued, &key).await?;
         crate::verify::verify_chain(&issued, &chain, &self.anchors()?)?;
         if issued.tbs_certificate.subject_public_key_info != key.public_key_info() {
             anyhow::bail!("the issued certificate does not certify our key");
@@ -250,6 +253,26 @@ impl Renewer {
             not_after,
             via_bootstrap,
         })
+    }
+
+    async fn cacerts_with(
+        &self,
+        certificate: &Certificate,
+        key: &SigningKey,
+    ) -> anyhow::Result<Vec<Certificate>> {
+        use der::Encode;
+        let mut config = EstClientConfig::new(
+            self.config.server.clone(),
+            ServerTrust::Anchors(self.anchors()?),
+        );
+        config.label = self.config.label.clone();
+        config.identity = Some(ClientIdentity {
+            chain: vec![rustls_pki_types::CertificateDer::from(
+                certificate.to_der()?,
+            )],
+            key: rustls_pki_types::PrivateKeyDer::Pkcs8(key.pkcs8_der().to_vec().into()),
+        });
+        Ok(EstClient::new(config)?.cacerts().await?)
     }
 
     async fn bootstrap_enroll(

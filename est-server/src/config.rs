@@ -55,6 +55,64 @@ pub struct Config {
     /// The JSON façade for hand-rolled vending-machine devices (off when absent).
     #[serde(default)]
     pub cvm: Option<CvmConfig>,
+    /// AWS settings shared by `backend = "aws-iot"` labels.
+    #[serde(default)]
+    pub aws: AwsConfig,
+    /// How often superseded certificates are checked for retirement.
+    #[serde(default = "default_sweep_interval", with = "duration_text")]
+    pub retire_sweep_interval: Duration,
+}
+
+fn default_sweep_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// AWS settings (credentials come from the SDK's usual chain: environment,
+/// profile, instance or container role).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Region, e.g. `eu-west-1` (default: from the environment).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint override, for a local emulator.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Most attempts per API call (throttling and transient faults are retried with backoff).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Time limit per API call, retries included.
+    #[serde(default = "default_operation_timeout", with = "duration_text")]
+    pub operation_timeout: Duration,
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        Self {
+            region: None,
+            endpoint_url: None,
+            max_attempts: default_max_attempts(),
+            operation_timeout: default_operation_timeout(),
+        }
+    }
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_operation_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
+/// Which CA serves a label.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// The local CA in `[ca]`, with the label's profile.
+    #[default]
+    Local,
+    /// AWS IoT Core (`CreateCertificateFromCsr`, things and policies).
+    AwsIot,
 }
 
 /// `POST /cvm/v1/certificates`: `{"serial", "token", "csr"?}` in, PEMs out.
@@ -227,6 +285,24 @@ pub struct LabelConfig {
     /// A bootstrap certificate may only enroll its own common name.
     #[serde(default = "yes")]
     pub bootstrap_subject_must_match: bool,
+    /// The CA behind the label: `local` (default) or `aws-iot`.
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// AWS IoT policy attached to each certificate (aws-iot; a device's own overrides it).
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// PEM bundle served by `/cacerts` (aws-iot: the chain devices should trust).
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// PEM of the CA that signs this backend's certificates, trusted for TLS
+    /// client authentication so devices can renew with them (aws-iot: the
+    /// issuer of AWS IoT device certificates; default: `ca_bundle`).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// A superseded certificate is retired (AWS: deactivated, detached, deleted)
+    /// once its successor is used, or after this grace period at the latest.
+    #[serde(default = "default_retire_grace", with = "duration_text")]
+    pub retire_grace: Duration,
     /// Proof-of-possession linking (RFC 7030 §3.5 with RFC 9266 tls-exporter):
     /// `off`, `verify` (check a challengePassword when present; default) or `require`.
     #[serde(default)]
@@ -276,6 +352,18 @@ impl Config {
         self.tls.bootstrap_trust.iter_mut().for_each(resolve);
         resolve(&mut self.ca.dir);
         resolve(&mut self.registry.path);
+        let resolve_label = |label: &mut LabelConfig| {
+            for path in [&mut label.ca_bundle, &mut label.client_ca]
+                .into_iter()
+                .flatten()
+            {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        };
+        resolve_label(&mut self.enroll);
+        self.labels.values_mut().for_each(resolve_label);
         self.data_dir = Some(base.to_path_buf());
     }
 
@@ -339,6 +427,14 @@ impl Config {
             const_oid::ObjectIdentifier::new(oid)
                 .map_err(|_| anyhow::anyhow!("{field}.csrattrs: `{oid}` is not a dotted OID"))?;
         }
+        if label.backend == BackendKind::AwsIot {
+            if cfg!(not(feature = "aws")) {
+                bail!("{field}.backend: this build has no AWS support (built without the `aws` feature)");
+            }
+            if label.ca_bundle.is_none() {
+                bail!("{field}.ca_bundle: an aws-iot label needs the PEM bundle /cacerts serves");
+            }
+        }
         if label.auth.contains(&AuthMethod::Basic) && self.users.is_empty() {
             tracing::warn!("{field}.auth allows basic but no [[users]] are configured");
         }
@@ -380,6 +476,9 @@ fn default_timeout() -> Duration {
 }
 fn default_max_connections() -> usize {
     4096
+}
+fn default_retire_grace() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 fn default_lockout_after() -> u32 {
     5

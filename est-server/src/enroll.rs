@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use ca_backends::{CaBackend, IssueRequest, Profile};
+use ca_backends::{Binding, CaBackend, IssueRequest, Profile};
 use der::Encode;
 use est_wire::csr::Csr;
 use est_wire::names::{certificate_sans, general_names_text, same_names};
@@ -131,9 +131,11 @@ impl EnrollService {
             Principal::Device { id, token_hash } => Some(self.reserve(id, token_hash).await?),
             _ => None,
         };
+        let binding = self.binding(&principal).await?;
         let issue_request = IssueRequest {
             csr: &csr,
             renewal_of: renewal_of.map(|(_, cert)| cert),
+            binding: binding.as_ref(),
         };
         let issued = if request.operation == Operation::ServerKeyGen {
             label
@@ -166,6 +168,7 @@ impl EnrollService {
             auth: principal.describe(),
             predecessor: predecessor.map(str::to_owned),
             device_id: None,
+            backend_ref: issued.backend_ref.clone(),
             der: issued.der.clone(),
         };
         let claim = reservation.clone().map(|(device_id, owner)| DeviceClaim {
@@ -178,8 +181,14 @@ impl EnrollService {
             .record_issued(record, predecessor.map(str::to_owned), pending_id, claim)
             .await;
         if let Err(e) = recorded {
-            // Nothing was recorded, so nothing is delivered and the token stays usable.
+            // Nothing was recorded, so nothing is delivered, the token stays
+            // usable, and a certificate the backend keeps is taken back.
             self.release(&reservation).await;
+            if let Some(backend_ref) = &issued.backend_ref {
+                if let Err(cleanup) = label.backend.retire(backend_ref, binding.as_ref()).await {
+                    tracing::error!(certificate_id = %backend_ref, error = %cleanup, "compensation failed");
+                }
+            }
             return Err(match e {
                 RegistryError::PredecessorNotActive(serial) => EstError::Forbidden(format!(
                     "certificate {serial} was renewed or revoked by a concurrent request"
@@ -208,6 +217,29 @@ impl EnrollService {
             renewed: predecessor.map(str::to_owned),
             private_key,
         })
+    }
+
+    /// Where the certificate goes in the backend: the device's thing and policy
+    /// from the registry (for token enrollments and renewals of device
+    /// certificates); `None` lets the backend use the CSR's CN.
+    async fn binding(&self, principal: &Principal) -> Result<Option<Binding>, EstError> {
+        let device_id = match principal {
+            Principal::Device { id, .. } => Some(id.clone()),
+            Principal::Identity { record, .. } => record.certificate.device_id.clone(),
+            _ => None,
+        };
+        let Some(device_id) = device_id else {
+            return Ok(None);
+        };
+        let device = self
+            .registry
+            .device(&device_id)
+            .await
+            .map_err(EstError::internal)?;
+        Ok(device.map(|d| Binding {
+            thing_name: d.device.thing_name.unwrap_or(d.device.id),
+            policy: d.device.policy,
+        }))
     }
 
     /// Reserves a device's one-time token for this request.

@@ -30,6 +30,7 @@ use crate::auth::{ClientCertificate, Credentials};
 use crate::config::Limits;
 use crate::enroll::{EnrollRequest, EnrollService, Label};
 use crate::error::EstError;
+use crate::registry::Registry;
 use crate::router::{route, Operation, RouteError};
 use est_wire::media;
 
@@ -47,6 +48,8 @@ pub struct AppState {
     pub header_case: Extensions,
     /// Label whose rules the JSON façade applies, when it is enabled.
     pub cvm_label: Option<String>,
+    /// The registry (to note that a successor certificate is in use).
+    pub registry: Arc<dyn Registry>,
     next_request_id: AtomicU64,
 }
 
@@ -59,8 +62,10 @@ impl AppState {
         limits: Limits,
         header_case: Extensions,
         cvm_label: Option<String>,
+        registry: Arc<dyn Registry>,
     ) -> Self {
         Self {
+            registry,
             labels,
             enroll,
             realm,
@@ -146,6 +151,16 @@ async fn serve_connection(
                 .collect::<Vec<_>>()
         })
         .and_then(ClientCertificate::from_chain);
+    // A certificate in use proves that its predecessor may be retired.
+    if let Some(certificate) = &client_certificate {
+        let registry = state.registry.clone();
+        let fingerprint = certificate.fingerprint.clone();
+        tokio::spawn(async move {
+            if let Err(e) = registry.mark_predecessor_proven(&fingerprint).await {
+                tracing::warn!(error = %e, "could not note certificate use");
+            }
+        });
+    }
     let mut binding = [0u8; 32];
     let exported = tls
         .get_ref()

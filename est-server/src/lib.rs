@@ -15,6 +15,7 @@ pub mod error;
 pub mod header_case;
 pub mod http;
 pub mod registry;
+pub mod retirement;
 pub mod router;
 pub mod server;
 pub mod tls;

@@ -325,7 +325,7 @@ async fn certs(target: Target, action: CertsAction) -> anyhow::Result<()> {
                 println!(
                     "{}  {:<10}  label={:<8} not_after={}  subject={}  predecessor={}  auth={}",
                     c.serial,
-                    r.state.to_string(),
+                    state_text(&r),
                     if c.label.is_empty() { "-" } else { &c.label },
                     format_time(c.not_after),
                     c.subject,
@@ -431,7 +431,7 @@ async fn devices(target: Target, action: DevicesAction) -> anyhow::Result<()> {
                 println!(
                     "  {}  {:<10}  issued {}  not_after {}  auth={}",
                     c.certificate.serial,
-                    c.state.to_string(),
+                    state_text(&c),
                     format_time(c.issued_at),
                     format_time(c.certificate.not_after),
                     c.certificate.auth
@@ -588,4 +588,11 @@ fn format_time(unix: i64) -> String {
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64),
     )
     .to_string()
+}
+
+fn state_text(record: &est_server::registry::CertificateRecord) -> String {
+    match record.retired_at {
+        Some(_) => format!("{}+retired", record.state),
+        None => record.state.to_string(),
+    }
 }

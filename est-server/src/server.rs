@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ca_backends::local::{LocalCa, LocalCaBackend, LocalCaOptions};
+use ca_backends::CaBackend;
 use tokio::net::TcpListener;
 
 use crate::auth::{Authenticator, Users};
-use crate::config::{ChannelBinding, Config, LabelConfig};
+use crate::config::{BackendKind, ChannelBinding, Config, LabelConfig};
 use crate::enroll::{EnrollService, Label};
 use crate::http::AppState;
 use crate::registry::{Registry, SqliteRegistry};
@@ -42,14 +43,32 @@ pub async fn run(
         SqliteRegistry::open(&config.registry.path)
             .with_context(|| format!("registry {}", config.registry.path.display()))?,
     );
-    let tls = crate::tls::build(&config.tls, &ca.chain())?;
+    // Client certificates may come from the local CA or from a backend's CA.
+    let mut issuers = ca.chain();
+    for label in std::iter::once(&config.enroll).chain(config.labels.values()) {
+        if label.backend == BackendKind::Local {
+            continue;
+        }
+        if let Some(path) = label.client_ca.as_ref().or(label.ca_bundle.as_ref()) {
+            let pem =
+                std::fs::read(path).with_context(|| format!("client_ca {}", path.display()))?;
+            issuers.extend(
+                est_wire::pem::certificates_from_pem(&pem)
+                    .with_context(|| format!("{}: not PEM certificates", path.display()))?,
+            );
+        }
+    }
+    let tls = crate::tls::build(&config.tls, &issuers)?;
 
     let mut labels = HashMap::new();
-    labels.insert(String::new(), label(&config, None, &config.enroll, &ca)?);
+    labels.insert(
+        String::new(),
+        label(&config, None, &config.enroll, &ca).await?,
+    );
     for (name, label_config) in &config.labels {
         labels.insert(
             name.clone(),
-            label(&config, Some(name.clone()), label_config, &ca)?,
+            label(&config, Some(name.clone()), label_config, &ca).await?,
         );
     }
 
@@ -60,7 +79,7 @@ pub async fn run(
         registry.clone(),
         config.limits.clone(),
     );
-    let enroll = EnrollService::new(authenticator, registry);
+    let enroll = EnrollService::new(authenticator, registry.clone());
     let header_case = crate::header_case::template().await?;
     let state = Arc::new(AppState::new(
         labels,
@@ -69,6 +88,12 @@ pub async fn run(
         config.limits.clone(),
         header_case,
         config.cvm.as_ref().map(|c| c.label.clone()),
+        registry.clone(),
+    ));
+    tokio::spawn(crate::retirement::sweep(
+        state.clone(),
+        registry,
+        config.retire_sweep_interval,
     ));
 
     let listener = TcpListener::bind(config.listen)
@@ -82,7 +107,7 @@ pub async fn run(
     Ok(())
 }
 
-fn label(
+async fn label(
     config: &Config,
     name: Option<String>,
     label_config: &LabelConfig,
@@ -102,11 +127,40 @@ fn label(
         oids.insert(0, est_wire::csr::CHALLENGE_PASSWORD);
     }
     let csrattrs = (!oids.is_empty()).then(|| est_wire::csrattrs::encode(&oids));
+    let backend: Arc<dyn CaBackend> = match label_config.backend {
+        BackendKind::Local => Arc::new(LocalCaBackend::new(ca.clone(), profile.clone())),
+        BackendKind::AwsIot => aws_backend(config, label_config).await?,
+    };
     Ok(Label {
         name,
         config: label_config.clone(),
-        backend: Arc::new(LocalCaBackend::new(ca.clone(), profile.clone())),
+        backend,
         profile,
         csrattrs,
     })
+}
+
+#[cfg(feature = "aws")]
+async fn aws_backend(config: &Config, label: &LabelConfig) -> anyhow::Result<Arc<dyn CaBackend>> {
+    use ca_backends::aws::{AwsIotBackend, AwsIotOptions};
+    let bundle_path = label.ca_bundle.as_ref().context("ca_bundle")?;
+    let bundle = std::fs::read(bundle_path)
+        .with_context(|| format!("ca_bundle {}", bundle_path.display()))?;
+    let ca_bundle = est_wire::pem::certificates_from_pem(&bundle)
+        .with_context(|| format!("ca_bundle {}: not PEM certificates", bundle_path.display()))?;
+    let backend = AwsIotBackend::new(AwsIotOptions {
+        region: config.aws.region.clone(),
+        endpoint_url: config.aws.endpoint_url.clone(),
+        policy: label.policy.clone(),
+        ca_bundle,
+        max_attempts: config.aws.max_attempts,
+        operation_timeout: config.aws.operation_timeout,
+    })
+    .await;
+    Ok(Arc::new(backend))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn aws_backend(_: &Config, _: &LabelConfig) -> anyhow::Result<Arc<dyn CaBackend>> {
+    anyhow::bail!("this build has no AWS support")
 }

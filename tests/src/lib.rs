@@ -119,6 +119,11 @@ impl Server {
     /// Starts `serve --dev` with `config` written to the data directory first.
     /// `bootstrap_ca` (a PEM path) fills `tls.bootstrap_trust`.
     pub fn start_with(config: &str, bootstrap_ca: Option<&Path>) -> Self {
+        Self::start_with_env(config, bootstrap_ca, &[])
+    }
+
+    /// Like [`Server::start_with`], with extra environment variables for the server.
+    pub fn start_with_env(config: &str, bootstrap_ca: Option<&Path>, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let trust = match bootstrap_ca {
             Some(path) => format!("[\"{}\"]", path.display()),
@@ -129,20 +134,25 @@ impl Server {
             config.replace("@BOOTSTRAP@", &trust),
         )
         .unwrap();
-        Self::spawn(dir)
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::spawn_on(dir, "127.0.0.1:0", env)
     }
 
     fn spawn(dir: tempfile::TempDir) -> Self {
-        Self::spawn_on(dir, "127.0.0.1:0")
+        Self::spawn_on(dir, "127.0.0.1:0", Vec::new())
     }
 
-    fn spawn_on(dir: tempfile::TempDir, listen: &str) -> Self {
+    fn spawn_on(dir: tempfile::TempDir, listen: &str, env: Vec<(String, String)>) -> Self {
         let log = dir.path().join("server.log");
         let mut child = Command::new(server_binary())
             .args(["serve", "--dev", "--data-dir"])
             .arg(dir.path())
             .args(["--listen", listen])
             .env("EST_LOG", "info")
+            .envs(env)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -288,7 +298,16 @@ pub struct StoppedServer {
 impl StoppedServer {
     /// Starts the server again on its old address and data directory.
     pub fn start(self) -> Server {
-        Server::spawn_on(self.dir, &self.addr)
+        Server::spawn_on(self.dir, &self.addr, Vec::new())
+    }
+
+    /// Starts the server again on a new port with extra environment variables.
+    pub fn start_with_env(self, env: &[(&str, &str)]) -> Server {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Server::spawn_on(self.dir, "127.0.0.1:0", env)
     }
 }
 
@@ -611,5 +630,95 @@ impl ManufacturerCa {
             &cert.display().to_string(),
         ]);
         (cert, csr.key)
+    }
+}
+
+/// A moto server (AWS emulator, PyPI `moto[server]`) with the project's IoT
+/// patches (`tests/moto/est_moto.py`), on 127.0.0.1; killed on drop.
+pub struct Moto {
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    /// The test CA moto's patched IoT signs with (PEM).
+    pub ca_pem: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Moto {
+    /// Starts moto; panics loudly when it is not installed (`pip install "moto[server]"`).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("moto/est_moto.py");
+        let mut child = Command::new("python3")
+            .arg(&launcher)
+            .args(["--port", &port.to_string(), "--ca-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("moto.log")).unwrap())
+            .spawn()
+            .expect("python3 with moto[server] is needed (the README test command installs it)");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("moto listening on") {
+                    let _ = sender.send(());
+                }
+            }
+        });
+        if receiver.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!(
+                "moto did not start: {}",
+                std::fs::read_to_string(dir.path().join("moto.log")).unwrap_or_default()
+            );
+        }
+        Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            ca_pem: dir.path().join("ca.pem"),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// Environment for an AWS SDK client pointed at this moto.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+
+    /// Runs a boto3 snippet (with `iot` and `ddb` clients bound) and returns its stdout.
+    pub fn boto(&self, script: &str) -> String {
+        let program = format!(
+            "import boto3, json\niot = boto3.client('iot', endpoint_url='{e}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\nddb = boto3.client('dynamodb', endpoint_url='{e}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n{script}\n",
+            e = self.endpoint
+        );
+        let output = Command::new("python3")
+            .arg("-c")
+            .arg(&program)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "boto3: {}\n{program}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -72,6 +72,8 @@ pub struct NewCertificate {
     pub predecessor: Option<String>,
     /// The device (registry entry) this certificate belongs to, if any.
     pub device_id: Option<String>,
+    /// The CA backend's id for it (AWS certificate id), if any.
+    pub backend_ref: Option<String>,
     /// The certificate.
     pub der: Vec<u8>,
 }
@@ -87,6 +89,8 @@ pub struct CertificateRecord {
     pub successor: Option<String>,
     /// When it was recorded, Unix seconds.
     pub issued_at: i64,
+    /// When it was retired in its CA (after being superseded), Unix seconds.
+    pub retired_at: Option<i64>,
 }
 
 /// State of a request held for approval.
@@ -309,6 +313,22 @@ pub trait Registry: Send + Sync {
 
     /// Marks a certificate revoked.
     async fn revoke(&self, serial: &str) -> Result<(), RegistryError>;
+
+    /// The active certificate with this fingerprint authenticated: its
+    /// superseded predecessor is now obsolete and may be retired.
+    async fn mark_predecessor_proven(&self, fingerprint: &str) -> Result<(), RegistryError>;
+
+    /// Superseded, not yet retired certificates of `label` whose successor was
+    /// proven, or that were superseded before `superseded_before`.
+    async fn retirement_candidates(
+        &self,
+        label: &str,
+        superseded_before: i64,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, RegistryError>;
+
+    /// Records that a certificate was retired in its CA.
+    async fn mark_retired(&self, serial: &str) -> Result<(), RegistryError>;
 
     /// The pending request `id`, if any.
     async fn pending(&self, id: &str) -> Result<Option<PendingRequest>, RegistryError>;

@@ -36,7 +36,11 @@ CREATE TABLE IF NOT EXISTS certificates (
     state        TEXT NOT NULL,
     issued_at    INTEGER NOT NULL,
     der          BLOB NOT NULL,
-    device_id    TEXT
+    device_id    TEXT,
+    backend_ref  TEXT,
+    superseded_at INTEGER,
+    proven       INTEGER NOT NULL DEFAULT 0,
+    retired_at   INTEGER
 );
 CREATE TABLE IF NOT EXISTS pending_requests (
     id            TEXT PRIMARY KEY,
@@ -72,18 +76,29 @@ CREATE TABLE IF NOT EXISTS devices (
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates(state, not_after);
 CREATE INDEX IF NOT EXISTS certificates_device ON certificates(device_id);
+CREATE INDEX IF NOT EXISTS certificates_retirement ON certificates(state, retired_at, label);
 ";
 
 /// Brings a registry made by an earlier version up to the current schema.
 fn migrate(connection: &Connection) -> Result<(), RegistryError> {
-    let has_device_id = connection
-        .prepare("SELECT 1 FROM pragma_table_info('certificates') WHERE name = 'device_id'")
-        .and_then(|mut s| s.exists([]))
-        .map_err(db)?;
-    if !has_device_id {
-        connection
-            .execute_batch("ALTER TABLE certificates ADD COLUMN device_id TEXT")
+    for (column, definition) in [
+        ("device_id", "TEXT"),
+        ("backend_ref", "TEXT"),
+        ("superseded_at", "INTEGER"),
+        ("proven", "INTEGER NOT NULL DEFAULT 0"),
+        ("retired_at", "INTEGER"),
+    ] {
+        let present = connection
+            .prepare("SELECT 1 FROM pragma_table_info('certificates') WHERE name = ?1")
+            .and_then(|mut s| s.exists([column]))
             .map_err(db)?;
+        if !present {
+            connection
+                .execute_batch(&format!(
+                    "ALTER TABLE certificates ADD COLUMN {column} {definition}"
+                ))
+                .map_err(db)?;
+        }
     }
     connection.execute_batch(INDEXES).map_err(db)
 }
@@ -157,9 +172,9 @@ impl Registry for SqliteRegistry {
             if let Some(old) = &supersedes {
                 let changed = tx
                     .execute(
-                        "UPDATE certificates SET state = 'superseded', successor = ?1
+                        "UPDATE certificates SET state = 'superseded', successor = ?1, superseded_at = ?3
                          WHERE serial = ?2 AND state = 'active'",
-                        params![certificate.serial, old],
+                        params![certificate.serial, old, unix_now()],
                     )
                     .map_err(db)?;
                 if changed != 1 {
@@ -191,8 +206,9 @@ impl Registry for SqliteRegistry {
             }
             tx.execute(
                 "INSERT INTO certificates (serial, fingerprint, label, subject, san, not_before,
-                     not_after, auth, predecessor, successor, state, issued_at, der, device_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, 'active', ?10, ?11, ?12)",
+                     not_after, auth, predecessor, successor, state, issued_at, der, device_id,
+                     backend_ref)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, 'active', ?10, ?11, ?12, ?13)",
                 params![
                     certificate.serial,
                     certificate.fingerprint,
@@ -206,6 +222,7 @@ impl Registry for SqliteRegistry {
                     unix_now(),
                     certificate.der,
                     device_id,
+                    certificate.backend_ref,
                 ],
             )
             .map_err(db)?;
@@ -298,6 +315,53 @@ impl Registry for SqliteRegistry {
             if changed == 0 {
                 return Err(RegistryError::NotFound(format!("certificate {serial}")));
             }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_predecessor_proven(&self, fingerprint: &str) -> Result<(), RegistryError> {
+        let fingerprint = fingerprint.to_owned();
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE certificates SET proven = 1
+                 WHERE serial = (SELECT predecessor FROM certificates
+                                 WHERE fingerprint = ?1 AND state = 'active')
+                   AND proven = 0 AND retired_at IS NULL",
+                [fingerprint],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn retirement_candidates(
+        &self,
+        label: &str,
+        superseded_before: i64,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, RegistryError> {
+        let label = label.to_owned();
+        self.with(move |conn| {
+            Self::query_records(
+                conn,
+                "WHERE state = 'superseded' AND retired_at IS NULL AND label = ?1
+                   AND (proven = 1 OR superseded_at < ?2) ORDER BY superseded_at LIMIT ?3",
+                params![label, superseded_before, limit as i64],
+            )
+        })
+        .await
+    }
+
+    async fn mark_retired(&self, serial: &str) -> Result<(), RegistryError> {
+        let serial = serial.to_owned();
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE certificates SET retired_at = ?1 WHERE serial = ?2 AND retired_at IS NULL",
+                params![unix_now(), serial],
+            )
+            .map_err(db)?;
             Ok(())
         })
         .await
@@ -530,7 +594,7 @@ impl Registry for SqliteRegistry {
 }
 
 const COLUMNS: &str = "serial, fingerprint, label, subject, san, not_before, not_after, auth, \
-                       predecessor, successor, state, issued_at, der, device_id";
+                       predecessor, successor, state, issued_at, der, device_id, backend_ref, retired_at";
 const PENDING_COLUMNS: &str = "id, label, subject, requested_by, state, created_at, issued_serial";
 const DEVICE_COLUMNS: &str = "id, token_hash, label, thing_name, policy, state, created_at, \
     enrolled_at, cert_serial, cert_id, cert_fingerprint, cert_not_after, failed_attempts, locked_until";
@@ -553,10 +617,12 @@ fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRecord> {
             predecessor: row.get(8)?,
             der: row.get(12)?,
             device_id: row.get(13)?,
+            backend_ref: row.get(14)?,
         },
         successor: row.get(9)?,
         state: CertState::parse(&row.get::<_, String>(10)?),
         issued_at: row.get(11)?,
+        retired_at: row.get(15)?,
     })
 }
 
@@ -610,6 +676,7 @@ mod tests {
             auth: "basic:estuser".into(),
             predecessor: predecessor.map(str::to_owned),
             device_id: None,
+            backend_ref: None,
             der: vec![1, 2, 3],
         }
     }
