@@ -170,17 +170,40 @@ impl Default for CaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
+    /// `sqlite` (embedded default) or `dynamodb` (several servers sharing state).
+    #[serde(default)]
+    pub kind: RegistryKind,
     /// SQLite file.
     #[serde(default = "default_registry_path")]
     pub path: PathBuf,
+    /// DynamoDB table (`est-server registry create-table` makes it).
+    #[serde(default = "default_table")]
+    pub table: String,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
+            kind: RegistryKind::default(),
             path: default_registry_path(),
+            table: default_table(),
         }
     }
+}
+
+/// Where the registry lives.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryKind {
+    /// One SQLite file (WAL, fsync per commit).
+    #[default]
+    Sqlite,
+    /// One DynamoDB table, shared by several servers (uses `[aws]`).
+    Dynamodb,
+}
+
+fn default_table() -> String {
+    "est-registry".into()
 }
 
 /// Limits that protect the server from large or slow clients.
@@ -392,6 +415,9 @@ impl Config {
                     user.name
                 )
             })?;
+        }
+        if self.registry.kind == RegistryKind::Dynamodb && cfg!(not(feature = "aws")) {
+            bail!("registry.kind: this build has no DynamoDB support (built without the `aws` feature)");
         }
         if let Some(cvm) = &self.cvm {
             let label = if cvm.label.is_empty() {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use est_server::config::Config;
-use est_server::registry::{unix_now, Registry, SqliteRegistry};
+use est_server::registry::{unix_now, Registry};
 use std::sync::Arc;
 
 /// EST (RFC 7030) server for IoT fleets.
@@ -46,6 +46,13 @@ enum Command {
         #[command(subcommand)]
         action: DevicesAction,
     },
+    /// Registry maintenance.
+    Registry {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        action: RegistryAction,
+    },
     /// Fleet-wide expiry audit (like Device Defender's DEVICE_CERTIFICATE_EXPIRING_CHECK).
     Audit {
         #[command(flatten)]
@@ -61,6 +68,12 @@ enum Command {
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     ca_backends::profile::duration_text::parse(text)
+}
+
+#[derive(Subcommand)]
+enum RegistryAction {
+    /// Create the DynamoDB table and its indexes (registry.kind = "dynamodb").
+    CreateTable,
 }
 
 #[derive(Subcommand)]
@@ -153,11 +166,8 @@ impl Target {
         Config::load(&path)
     }
 
-    fn registry(&self) -> anyhow::Result<Arc<dyn Registry>> {
-        let config = self.config()?;
-        let registry = SqliteRegistry::open(&config.registry.path)
-            .with_context(|| format!("registry {}", config.registry.path.display()))?;
-        Ok(Arc::new(registry))
+    async fn registry(&self) -> anyhow::Result<Arc<dyn Registry>> {
+        est_server::server::open_registry(&self.config()?).await
     }
 }
 
@@ -243,6 +253,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pending { target, action } => pending(target, action).await,
         Command::Certs { target, action } => certs(target, action).await,
         Command::Devices { target, action } => devices(target, action).await,
+        Command::Registry {
+            target,
+            action: RegistryAction::CreateTable,
+        } => create_table(target).await,
         Command::Audit {
             target,
             expiring_within,
@@ -284,7 +298,7 @@ async fn shutdown_signal() {
 }
 
 async fn pending(target: Target, action: PendingAction) -> anyhow::Result<()> {
-    let registry = target.registry()?;
+    let registry = target.registry().await?;
     match action {
         PendingAction::List => {
             let requests = registry.list_pending().await?;
@@ -317,7 +331,7 @@ async fn pending(target: Target, action: PendingAction) -> anyhow::Result<()> {
 }
 
 async fn certs(target: Target, action: CertsAction) -> anyhow::Result<()> {
-    let registry = target.registry()?;
+    let registry = target.registry().await?;
     match action {
         CertsAction::List { limit } => {
             for r in registry.list_certificates(limit).await? {
@@ -344,7 +358,7 @@ async fn certs(target: Target, action: CertsAction) -> anyhow::Result<()> {
 
 async fn devices(target: Target, action: DevicesAction) -> anyhow::Result<()> {
     use est_server::devices::{is_valid_device_id, provision};
-    let registry = target.registry()?;
+    let registry = target.registry().await?;
     match action {
         DevicesAction::Add {
             id,
@@ -535,7 +549,7 @@ async fn import(
 }
 
 async fn audit(target: Target, window: std::time::Duration, json: bool) -> anyhow::Result<()> {
-    let registry = target.registry()?;
+    let registry = target.registry().await?;
     let now = unix_now();
     let until = now + window.as_secs() as i64;
     let found = registry.expiring_before(until, 1_000_000).await?;
@@ -595,4 +609,23 @@ fn state_text(record: &est_server::registry::CertificateRecord) -> String {
         Some(_) => format!("{}+retired", record.state),
         None => record.state.to_string(),
     }
+}
+
+#[cfg(feature = "aws")]
+async fn create_table(target: Target) -> anyhow::Result<()> {
+    let config = target.config()?;
+    if config.registry.kind != est_server::config::RegistryKind::Dynamodb {
+        anyhow::bail!("registry.kind is not \"dynamodb\"");
+    }
+    let sdk = est_server::server::aws_sdk_config(&config).await;
+    est_server::registry::DynamoDbRegistry::new(&sdk, config.registry.table.clone())
+        .create_table()
+        .await?;
+    println!("table {} is ready", config.registry.table);
+    Ok(())
+}
+
+#[cfg(not(feature = "aws"))]
+async fn create_table(_: Target) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no DynamoDB support")
 }

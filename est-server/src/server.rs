@@ -10,7 +10,7 @@ use ca_backends::CaBackend;
 use tokio::net::TcpListener;
 
 use crate::auth::{Authenticator, Users};
-use crate::config::{BackendKind, ChannelBinding, Config, LabelConfig};
+use crate::config::{BackendKind, ChannelBinding, Config, LabelConfig, RegistryKind};
 use crate::enroll::{EnrollService, Label};
 use crate::http::AppState;
 use crate::registry::{Registry, SqliteRegistry};
@@ -32,6 +32,53 @@ pub fn open_ca(config: &Config) -> anyhow::Result<Arc<LocalCa>> {
     Ok(Arc::new(ca))
 }
 
+/// Opens the registry the config names (SQLite file or DynamoDB table).
+pub async fn open_registry(config: &Config) -> anyhow::Result<Arc<dyn Registry>> {
+    match config.registry.kind {
+        RegistryKind::Sqlite => Ok(Arc::new(
+            SqliteRegistry::open(&config.registry.path)
+                .with_context(|| format!("registry {}", config.registry.path.display()))?,
+        )),
+        RegistryKind::Dynamodb => dynamodb_registry(config).await,
+    }
+}
+
+/// The SDK configuration for `[aws]` (region, endpoint, retries, timeouts).
+#[cfg(feature = "aws")]
+pub async fn aws_sdk_config(config: &Config) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .retry_config(
+            aws_config::retry::RetryConfig::standard()
+                .with_max_attempts(config.aws.max_attempts.max(1)),
+        )
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_timeout(config.aws.operation_timeout)
+                .build(),
+        );
+    if let Some(region) = &config.aws.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(url) = &config.aws.endpoint_url {
+        loader = loader.endpoint_url(url.clone());
+    }
+    loader.load().await
+}
+
+#[cfg(feature = "aws")]
+async fn dynamodb_registry(config: &Config) -> anyhow::Result<Arc<dyn Registry>> {
+    let sdk = aws_sdk_config(config).await;
+    Ok(Arc::new(crate::registry::DynamoDbRegistry::new(
+        &sdk,
+        config.registry.table.clone(),
+    )))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn dynamodb_registry(_: &Config) -> anyhow::Result<Arc<dyn Registry>> {
+    anyhow::bail!("this build has no DynamoDB support")
+}
+
 /// Binds the listener and serves until `shutdown` resolves. Prints
 /// `listening on <addr>` on stdout once ready.
 pub async fn run(
@@ -39,10 +86,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let ca = open_ca(&config)?;
-    let registry: Arc<dyn Registry> = Arc::new(
-        SqliteRegistry::open(&config.registry.path)
-            .with_context(|| format!("registry {}", config.registry.path.display()))?,
-    );
+    let registry = open_registry(&config).await?;
     // Client certificates may come from the local CA or from a backend's CA.
     let mut issuers = ca.chain();
     for label in std::iter::once(&config.enroll).chain(config.labels.values()) {

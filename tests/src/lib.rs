@@ -249,6 +249,23 @@ impl Server {
         String::from_utf8(output.stdout).unwrap()
     }
 
+    /// Runs an admin subcommand with extra environment variables (AWS credentials).
+    pub fn admin_env(&self, args: &[&str], env: &[(&str, String)]) -> String {
+        let output = Command::new(server_binary())
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "est-server {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
     /// Checks the server still enrolls and never panicked.
     pub fn assert_healthy(&self) {
         let work = tempfile::tempdir().unwrap();

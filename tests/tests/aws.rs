@@ -341,3 +341,92 @@ fn serverkeygen_and_json_facade_on_aws() {
         moto.boto("print(iot.list_thing_principals(thingName='AWS-CVM')['principals'])");
     assert!(principals.contains("arn:aws:iot"), "{principals}");
 }
+
+#[test]
+fn two_servers_share_one_dynamodb_registry() {
+    let moto = Moto::start();
+    let env = moto.env();
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let shared = format!(
+        "[registry]\nkind = \"dynamodb\"\ntable = \"shared-registry\"\n[aws]\nendpoint_url = \"{}\"\nregion = \"us-east-1\"\n\
+         [labels.shared]\nprofile = \"device\"\nauth = [\"device-token\"]\n",
+        moto.endpoint
+    );
+    // The table exists before any server starts (as an operator would create it).
+    let setup = tempfile::tempdir().unwrap();
+    let setup_config = setup.path().join("est-server.toml");
+    std::fs::write(
+        &setup_config,
+        config_with(&shared).replace("@BOOTSTRAP@", "[]"),
+    )
+    .unwrap();
+    let output = std::process::Command::new(server_binary())
+        .args(["registry", "create-table", "--config"])
+        .arg(&setup_config)
+        .envs(env_refs.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let server_a = Server::start_with_env(&config_with(&shared), None, &env_refs);
+    let ca_dir = server_a.path("ca");
+    let server_b = Server::start_with_env(
+        &config_with(&format!("{shared}[ca]\ndir = \"{}\"\n", ca_dir.display())),
+        None,
+        &env_refs,
+    );
+    let out = server_a.admin_env(&["devices", "add", "SHARED-1", "--label", "shared"], &env);
+    let token = out.trim().rsplit(' ').next().unwrap().to_owned();
+
+    let work = tempfile::tempdir().unwrap();
+    let csrs: Vec<Csr> = (0..20)
+        .map(|i| {
+            Csr::new(
+                work.path(),
+                &format!("s{i}"),
+                KeyType::P256,
+                "/CN=SHARED-1",
+                &[],
+            )
+        })
+        .collect();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = csrs
+            .iter()
+            .enumerate()
+            .map(|(i, csr)| {
+                let server = if i % 2 == 0 { &server_a } else { &server_b };
+                let token = &token;
+                scope.spawn(move || {
+                    post_csr(
+                        server,
+                        Some("shared"),
+                        "simpleenroll",
+                        &csr.b64,
+                        &["-u", &format!("SHARED-1:{token}")],
+                    )
+                    .status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}\n{}",
+        server_a.log()
+    );
+    // Either server sees the device enrolled, with one certificate.
+    let show = server_b.admin_env(&["devices", "show", "SHARED-1"], &env);
+    assert!(show.contains("state:        enrolled"), "{show}");
+    assert_eq!(
+        show.matches("auth=device-token:SHARED-1").count(),
+        1,
+        "{show}"
+    );
+}

@@ -6,10 +6,14 @@
 //! token → one certificate" and "one renewal per certificate" hold under
 //! concurrent requests and across server processes sharing the store.
 
+#[cfg(feature = "aws")]
+pub mod dynamodb;
 pub mod sqlite;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+#[cfg(feature = "aws")]
+pub use dynamodb::DynamoDbRegistry;
 pub use sqlite::SqliteRegistry;
 
 /// Lifecycle state of an issued certificate.

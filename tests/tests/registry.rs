@@ -1,0 +1,297 @@
+//! One conformance suite for every registry implementation: SQLite (a real
+//! file) and DynamoDB (a real moto server). The invariants — one renewal per
+//! certificate, one certificate per token, conditional transitions — must hold
+//! on both.
+
+use std::sync::Arc;
+
+use est_e2e::Moto;
+use est_server::registry::*;
+
+fn cert(serial: &str, predecessor: Option<&str>) -> NewCertificate {
+    NewCertificate {
+        serial: serial.into(),
+        fingerprint: format!("fp-{serial}"),
+        label: "lbl".into(),
+        subject: format!("CN=dev-{serial}"),
+        san: String::new(),
+        not_before: 0,
+        not_after: 1_000 + serial.len() as i64,
+        auth: "basic:estuser".into(),
+        predecessor: predecessor.map(str::to_owned),
+        device_id: None,
+        backend_ref: Some(format!("aws-{serial}")),
+        der: vec![0x30, 0x00],
+    }
+}
+
+fn device(id: &str, hash: &str) -> NewDevice {
+    NewDevice {
+        id: id.into(),
+        token_hash: hash.into(),
+        label: "lbl".into(),
+        thing_name: Some(format!("thing-{id}")),
+        policy: None,
+    }
+}
+
+async fn suite(registry: Arc<dyn Registry>) {
+    // Renewal supersedes exactly once.
+    registry
+        .record_issued(cert("01", None), None, None, None)
+        .await
+        .unwrap();
+    registry
+        .record_issued(cert("02", Some("01")), Some("01".into()), None, None)
+        .await
+        .unwrap();
+    let second = registry
+        .record_issued(cert("03", Some("01")), Some("01".into()), None, None)
+        .await;
+    assert!(
+        matches!(second, Err(RegistryError::PredecessorNotActive(_))),
+        "{second:?}"
+    );
+    assert!(registry.find_by_serial("03").await.unwrap().is_none());
+    let old = registry
+        .find_by_fingerprint("fp-01")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.state, CertState::Superseded);
+    assert_eq!(old.successor.as_deref(), Some("02"));
+    assert_eq!(old.certificate.backend_ref.as_deref(), Some("aws-01"));
+
+    // Retirement: candidates after proof, then retired.
+    assert!(
+        registry
+            .retirement_candidates("lbl", 0, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not proven, within grace"
+    );
+    registry.mark_predecessor_proven("fp-02").await.unwrap();
+    let candidates = registry.retirement_candidates("lbl", 0, 10).await.unwrap();
+    assert_eq!(candidates.len(), 1);
+    assert_eq!(candidates[0].certificate.serial, "01");
+    registry.mark_retired("01").await.unwrap();
+    assert!(registry
+        .retirement_candidates("lbl", i64::MAX, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(registry
+        .find_by_serial("01")
+        .await
+        .unwrap()
+        .unwrap()
+        .retired_at
+        .is_some());
+
+    // Expiry audit: active only, soonest first.
+    let expiring = registry.expiring_before(10_000, 10).await.unwrap();
+    assert_eq!(
+        expiring
+            .iter()
+            .map(|r| r.certificate.serial.as_str())
+            .collect::<Vec<_>>(),
+        vec!["02"]
+    );
+    registry.revoke("02").await.unwrap();
+    assert!(registry
+        .expiring_before(10_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Devices: one token, one certificate, under concurrency.
+    let added = registry
+        .add_devices(vec![device("SN1", "h1"), device("SN1", "other")])
+        .await
+        .unwrap();
+    assert_eq!(added, vec![true, false]);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let registry = registry.clone();
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("req-{i}");
+            registry
+                .reserve_device("SN1", "h1", &owner, unix_now() + 60)
+                .await?;
+            registry
+                .record_issued(
+                    cert(&format!("a{i:02}"), None),
+                    None,
+                    None,
+                    Some(DeviceClaim {
+                        device_id: "SN1".into(),
+                        owner,
+                        cert_id: Some("cid".into()),
+                    }),
+                )
+                .await
+        }));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        if task.await.unwrap().is_ok() {
+            wins += 1;
+        }
+    }
+    assert_eq!(wins, 1, "exactly one request redeems the token");
+    let d = registry.device("SN1").await.unwrap().unwrap();
+    assert_eq!(d.state, DeviceState::Enrolled);
+    assert_eq!(d.cert_id.as_deref(), Some("cid"));
+    assert_eq!(d.device.thing_name.as_deref(), Some("thing-SN1"));
+    let history = registry.device_certificates("SN1").await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert!(matches!(
+        registry
+            .reserve_device("SN1", "h1", "late", unix_now() + 60)
+            .await,
+        Err(RegistryError::TokenUsed(_))
+    ));
+    // A renewal of a device certificate stays on the device.
+    let first = history[0].certificate.serial.clone();
+    registry
+        .record_issued(cert("b01", Some(&first)), Some(first.clone()), None, None)
+        .await
+        .unwrap();
+    assert_eq!(registry.device_certificates("SN1").await.unwrap().len(), 2);
+    assert_eq!(
+        registry
+            .device("SN1")
+            .await
+            .unwrap()
+            .unwrap()
+            .cert_serial
+            .as_deref(),
+        Some("b01")
+    );
+
+    // Reservations: busy, released, expired and taken over, lost.
+    registry
+        .add_devices(vec![device("SN2", "h2")])
+        .await
+        .unwrap();
+    assert!(matches!(
+        registry
+            .reserve_device("SN2", "wrong", "a", unix_now() + 60)
+            .await,
+        Err(RegistryError::DeviceBusy(_))
+    ));
+    registry
+        .reserve_device("SN2", "h2", "a", unix_now() + 60)
+        .await
+        .unwrap();
+    assert!(matches!(
+        registry
+            .reserve_device("SN2", "h2", "b", unix_now() + 60)
+            .await,
+        Err(RegistryError::DeviceBusy(_))
+    ));
+    registry.release_device("SN2", "a").await.unwrap();
+    registry
+        .reserve_device("SN2", "h2", "b", unix_now() - 1)
+        .await
+        .unwrap();
+    registry
+        .reserve_device("SN2", "h2", "c", unix_now() + 60)
+        .await
+        .unwrap();
+    let lost = registry
+        .record_issued(
+            cert("c01", None),
+            None,
+            None,
+            Some(DeviceClaim {
+                device_id: "SN2".into(),
+                owner: "b".into(),
+                cert_id: None,
+            }),
+        )
+        .await;
+    assert!(
+        matches!(lost, Err(RegistryError::ReservationLost(_))),
+        "{lost:?}"
+    );
+    assert!(registry.find_by_serial("c01").await.unwrap().is_none());
+    for _ in 0..3 {
+        registry.record_failed_attempt("SN2", 3, 300).await.unwrap();
+    }
+    let d = registry.device("SN2").await.unwrap().unwrap();
+    assert_eq!(d.failed_attempts, 3);
+    assert!(d.locked_until.unwrap() > unix_now());
+    registry.disable_device("SN2").await.unwrap();
+    assert!(matches!(
+        registry
+            .reserve_device("SN2", "h2", "d", unix_now() + 60)
+            .await,
+        Err(RegistryError::DeviceDisabled(_))
+    ));
+    let listed = registry.list_devices(None, 10).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|d| d.device.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["SN1", "SN2"]
+    );
+    assert_eq!(
+        registry
+            .list_devices(Some("SN1".into()), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Pending approvals.
+    let request = PendingRequest {
+        id: "p1".into(),
+        label: "lbl".into(),
+        subject: "CN=x".into(),
+        requested_by: "basic:u".into(),
+        state: PendingState::Pending,
+        created_at: 1,
+        issued_serial: None,
+    };
+    registry.add_pending(request.clone()).await.unwrap();
+    registry.add_pending(request).await.unwrap();
+    assert_eq!(registry.list_pending().await.unwrap().len(), 1);
+    registry.decide_pending("p1", true).await.unwrap();
+    assert!(registry.decide_pending("p1", false).await.is_err());
+    registry
+        .record_issued(cert("d01", None), None, Some("p1".into()), None)
+        .await
+        .unwrap();
+    let done = registry.pending("p1").await.unwrap().unwrap();
+    assert_eq!(done.state, PendingState::Issued);
+    assert_eq!(done.issued_serial.as_deref(), Some("d01"));
+    assert!(registry.list_certificates(100).await.unwrap().len() >= 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_registry_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = SqliteRegistry::open(&dir.path().join("registry.sqlite")).unwrap();
+    suite(Arc::new(registry)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamodb_registry_conformance() {
+    let moto = Moto::start();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(&moto.endpoint)
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .load()
+        .await;
+    let registry = DynamoDbRegistry::new(&sdk, "conformance");
+    registry.create_table().await.unwrap();
+    registry.create_table().await.unwrap();
+    suite(Arc::new(registry)).await;
+}
