@@ -182,6 +182,41 @@ impl LocalCa {
         vec![self.issuing.clone(), self.root.clone()]
     }
 
+    /// A DER CRL signed by the issuing CA, listing `revoked` (hex serial,
+    /// revocation time), valid for `lifetime`.
+    pub fn crl(
+        &self,
+        revoked: &[(String, SystemTime)],
+        lifetime: Duration,
+    ) -> Result<Vec<u8>, CaError> {
+        let entries = revoked
+            .iter()
+            .map(|(hex, at)| {
+                let bytes = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("00"), 16))
+                    .collect::<Result<Vec<u8>, _>>()
+                    .map_err(|_| CaError::Internal(format!("bad serial {hex}")))?;
+                Ok((bytes, *at))
+            })
+            .collect::<Result<Vec<_>, CaError>>()?;
+        let now = SystemTime::now();
+        let number = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let crl = crate::x509::build_crl(
+            &self.issuing.tbs_certificate.subject,
+            &self.issuing_key_id,
+            &self.issuing_key,
+            &entries,
+            number,
+            now,
+            now + lifetime,
+        )?;
+        crl.to_der().map_err(|e| CaError::Internal(e.to_string()))
+    }
+
     /// Issues a certificate for `public_key` under `profile`. `requested_sans`
     /// are filtered by the profile; the subject is taken as given.
     pub fn issue(

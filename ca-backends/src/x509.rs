@@ -163,3 +163,56 @@ fn octets(bytes: Vec<u8>) -> Result<OctetString, CaError> {
 fn internal(e: impl std::fmt::Display) -> CaError {
     CaError::Internal(e.to_string())
 }
+
+/// Builds and signs a CRL (RFC 5280 §5) listing `revoked` (serial bytes, revocation time).
+pub(crate) fn build_crl(
+    issuer: &Name,
+    issuer_key_id: &[u8],
+    signer: &SigningKey,
+    revoked: &[(Vec<u8>, SystemTime)],
+    number: u64,
+    this_update: SystemTime,
+    next_update: SystemTime,
+) -> Result<x509_cert::crl::CertificateList, CaError> {
+    use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+    use x509_cert::ext::pkix::CrlNumber;
+    let entries = revoked
+        .iter()
+        .map(|(serial, at)| {
+            Ok(RevokedCert {
+                serial_number: SerialNumber::new(serial).map_err(internal)?,
+                revocation_date: x509_time(*at)?,
+                crl_entry_extensions: None,
+            })
+        })
+        .collect::<Result<Vec<_>, CaError>>()?;
+    let number = der::asn1::Uint::new(&number.to_be_bytes()).map_err(internal)?;
+    let tbs_cert_list = TbsCertList {
+        version: Version::V2,
+        signature: signer.signature_algorithm(),
+        issuer: issuer.clone(),
+        this_update: x509_time(this_update)?,
+        next_update: Some(x509_time(next_update)?),
+        revoked_certificates: (!entries.is_empty()).then_some(entries),
+        crl_extensions: Some(vec![
+            extension(&CrlNumber(number), false)?,
+            extension(
+                &AuthorityKeyIdentifier {
+                    key_identifier: Some(octets(issuer_key_id.to_vec())?),
+                    authority_cert_issuer: None,
+                    authority_cert_serial_number: None,
+                },
+                false,
+            )?,
+        ]),
+    };
+    let tbs_der = tbs_cert_list.to_der().map_err(internal)?;
+    let signature = signer
+        .sign(&tbs_der)
+        .map_err(|e| CaError::Internal(e.to_string()))?;
+    Ok(CertificateList {
+        tbs_cert_list,
+        signature_algorithm: signer.signature_algorithm(),
+        signature: BitString::from_bytes(&signature).map_err(internal)?,
+    })
+}

@@ -50,6 +50,8 @@ pub struct AppState {
     pub cvm_label: Option<String>,
     /// The registry (to note that a successor certificate is in use).
     pub registry: Arc<dyn Registry>,
+    /// The local CA (for its CRL).
+    pub local_ca: Arc<ca_backends::local::LocalCa>,
     next_request_id: AtomicU64,
 }
 
@@ -63,9 +65,11 @@ impl AppState {
         header_case: Extensions,
         cvm_label: Option<String>,
         registry: Arc<dyn Registry>,
+        local_ca: Arc<ca_backends::local::LocalCa>,
     ) -> Self {
         Self {
             registry,
+            local_ca,
             labels,
             enroll,
             realm,
@@ -203,6 +207,11 @@ async fn handle(
     let path = request.uri().path().to_owned();
     let response = if path == CVM_PATH {
         cvm(state, connection, request, request_id).await
+    } else if path == CRL_PATH && request.method() == hyper::Method::GET {
+        match crl(state).await {
+            Ok(response) => response,
+            Err(error) => error_response(state, &error, request_id),
+        }
     } else {
         match dispatch(state, connection, request).await {
             Ok(response) => response,
@@ -301,6 +310,40 @@ async fn dispatch(
             }
         }
     }
+}
+
+/// Path of the local CA's CRL (DER, `application/pkix-crl`).
+pub const CRL_PATH: &str = "/crl";
+
+/// The local CA's current CRL: revoked and retired certificates.
+async fn crl(state: &AppState) -> Result<Response<Full<Bytes>>, EstError> {
+    let der = current_crl(&*state.registry, &state.local_ca).await?;
+    let mut response = Response::new(Full::new(Bytes::from(der)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/pkix-crl"),
+    );
+    Ok(response)
+}
+
+/// Signs a CRL from the registry's revocations, valid for one day.
+pub async fn current_crl(
+    registry: &dyn Registry,
+    ca: &ca_backends::local::LocalCa,
+) -> Result<Vec<u8>, EstError> {
+    let revoked: Vec<(String, std::time::SystemTime)> = registry
+        .local_revocations()
+        .await
+        .map_err(EstError::internal)?
+        .into_iter()
+        .map(|(serial, at)| {
+            (
+                serial,
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(at.max(0) as u64),
+            )
+        })
+        .collect();
+    Ok(ca.crl(&revoked, std::time::Duration::from_secs(24 * 3600))?)
 }
 
 /// Path of the JSON façade.

@@ -46,6 +46,14 @@ enum Command {
         #[command(subcommand)]
         action: DevicesAction,
     },
+    /// Write the local CA's CRL (revoked and retired certificates), DER.
+    Crl {
+        #[command(flatten)]
+        target: Target,
+        /// Output file (DER); also served at GET /crl.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Registry maintenance.
     Registry {
         #[command(flatten)]
@@ -253,6 +261,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pending { target, action } => pending(target, action).await,
         Command::Certs { target, action } => certs(target, action).await,
         Command::Devices { target, action } => devices(target, action).await,
+        Command::Crl { target, out } => {
+            let config = target.config()?;
+            let ca = est_server::server::open_ca(&config)?;
+            let registry = est_server::server::open_registry(&config).await?;
+            let der = est_server::http::current_crl(&*registry, &ca)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            std::fs::write(&out, der).with_context(|| format!("cannot write {}", out.display()))?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
         Command::Registry {
             target,
             action: RegistryAction::CreateTable,

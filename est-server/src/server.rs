@@ -133,6 +133,7 @@ pub async fn run(
         header_case,
         config.cvm.as_ref().map(|c| c.label.clone()),
         registry.clone(),
+        ca.clone(),
     ));
     tokio::spawn(crate::retirement::sweep(
         state.clone(),

@@ -329,3 +329,93 @@ fn registry_survives_restart() {
         response.text()
     );
 }
+
+#[test]
+fn crl_lists_revoked_and_retired_certificates() {
+    let config = config_with("").replace(
+        "realm = \"estrealm\"",
+        "realm = \"estrealm\"\nretire_sweep_interval = \"1s\"",
+    );
+    let server = Server::start_with(&config, None);
+    let work = tempfile::tempdir().unwrap();
+    // One revoked by the operator.
+    let revoked = Csr::new(work.path(), "rv", KeyType::P256, "/CN=revoked-one", &[]);
+    let revoked_cert = work.path().join("rv.pem");
+    enroll_basic(&server, None, &revoked, &revoked_cert);
+    server.admin(&["certs", "revoke", &serial_of(&revoked_cert)]);
+    // One superseded, then retired once its successor is used.
+    let old = Csr::new(work.path(), "old", KeyType::P256, "/CN=rotated-one", &[]);
+    let old_cert = work.path().join("old.pem");
+    enroll_basic(&server, None, &old, &old_cert);
+    let (c, k) = (
+        old_cert.display().to_string(),
+        old.key.display().to_string(),
+    );
+    let response = post_csr(&server, None, "simplereenroll", &old.b64, &mtls(&c, &k));
+    assert_eq!(response.status, 200);
+    let new_cert = work.path().join("new.pem");
+    std::fs::write(&new_cert, pkcs7_to_pem(&response.body)).unwrap();
+    let n = new_cert.display().to_string();
+    assert_eq!(
+        server
+            .curl(&[
+                "--cert",
+                &n,
+                "--key",
+                &k,
+                &format!("{}/cacerts", server.base(None))
+            ])
+            .status,
+        200
+    );
+    let mut retired = false;
+    for _ in 0..40 {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        if state_of(&server, &serial_of(&old_cert)) == "superseded+retired" {
+            retired = true;
+            break;
+        }
+    }
+    assert!(retired, "{}", server.admin(&["certs", "list"]));
+
+    let response = server.curl(&[&server.url("/crl")]);
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header_exact("Content-Type").as_deref(),
+        Some("application/pkix-crl")
+    );
+    let crl = work.path().join("ca.crl");
+    std::fs::write(&crl, &response.body).unwrap();
+    let chain = work.path().join("chain.pem");
+    let cacerts = server.curl(&[&format!("{}/cacerts", server.base(None))]);
+    std::fs::write(&chain, pkcs7_to_pem(&cacerts.body)).unwrap();
+    let output = std::process::Command::new("openssl")
+        .args([
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            &crl.display().to_string(),
+            "-CAfile",
+            &chain.display().to_string(),
+            "-noout",
+            "-text",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("verify OK"), "{text}");
+    for cert in [&revoked_cert, &old_cert] {
+        let serial = serial_of(cert).to_ascii_uppercase();
+        assert!(text.contains(&serial), "{serial} listed:\n{text}");
+    }
+    assert!(!text.contains(&serial_of(&new_cert).to_ascii_uppercase()));
+    // The CLI writes the same CRL.
+    let out = work.path().join("cli.crl");
+    server.admin(&["crl", "--out", &out.display().to_string()]);
+    assert!(std::fs::metadata(&out).unwrap().len() > 100);
+}

@@ -434,9 +434,9 @@ impl Registry for DynamoDbRegistry {
         let changed = self
             .update(
                 format!("cert#{serial}"),
-                "SET #st = :revoked REMOVE gsi_state",
+                "SET #st = :revoked, revoked_at = if_not_exists(revoked_at, :now) REMOVE gsi_state",
                 Some("attribute_exists(pk)"),
-                vec![(":revoked", s("revoked"))],
+                vec![(":revoked", s("revoked")), (":now", n(unix_now()))],
             )
             .await?;
         if changed {
@@ -500,6 +500,21 @@ impl Registry for DynamoDbRegistry {
         )
         .await?;
         Ok(())
+    }
+
+    async fn local_revocations(&self) -> Result<Vec<(String, i64)>, RegistryError> {
+        let mut found: Vec<(String, i64)> = self
+            .scan_prefix("cert#")
+            .await?
+            .iter()
+            .filter(|item| !item.contains_key("backend_ref"))
+            .filter_map(|item| {
+                let at = opt_n(item, "revoked_at").or_else(|| opt_n(item, "retired_at"))?;
+                Some((opt_s(item, "serial")?, at))
+            })
+            .collect();
+        found.sort();
+        Ok(found)
     }
 
     async fn pending(&self, id: &str) -> Result<Option<PendingRequest>, RegistryError> {

@@ -334,6 +334,10 @@ pub trait Registry: Send + Sync {
     /// Records that a certificate was retired in its CA.
     async fn mark_retired(&self, serial: &str) -> Result<(), RegistryError>;
 
+    /// Certificates of the local CA (no backend id) that are revoked or
+    /// retired, with when (Unix seconds): what its CRL lists.
+    async fn local_revocations(&self) -> Result<Vec<(String, i64)>, RegistryError>;
+
     /// The pending request `id`, if any.
     async fn pending(&self, id: &str) -> Result<Option<PendingRequest>, RegistryError>;
 

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS certificates (
     backend_ref  TEXT,
     superseded_at INTEGER,
     proven       INTEGER NOT NULL DEFAULT 0,
-    retired_at   INTEGER
+    retired_at   INTEGER,
+    revoked_at   INTEGER
 );
 CREATE TABLE IF NOT EXISTS pending_requests (
     id            TEXT PRIMARY KEY,
@@ -87,6 +88,7 @@ fn migrate(connection: &Connection) -> Result<(), RegistryError> {
         ("superseded_at", "INTEGER"),
         ("proven", "INTEGER NOT NULL DEFAULT 0"),
         ("retired_at", "INTEGER"),
+        ("revoked_at", "INTEGER"),
     ] {
         let present = connection
             .prepare("SELECT 1 FROM pragma_table_info('certificates') WHERE name = ?1")
@@ -308,8 +310,9 @@ impl Registry for SqliteRegistry {
         self.with(move |conn| {
             let changed = conn
                 .execute(
-                    "UPDATE certificates SET state = 'revoked' WHERE serial = ?1",
-                    [&serial],
+                    "UPDATE certificates SET state = 'revoked', revoked_at = COALESCE(revoked_at, ?2)
+                     WHERE serial = ?1",
+                    params![&serial, unix_now()],
                 )
                 .map_err(db)?;
             if changed == 0 {
@@ -363,6 +366,25 @@ impl Registry for SqliteRegistry {
             )
             .map_err(db)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn local_revocations(&self) -> Result<Vec<(String, i64)>, RegistryError> {
+        self.with(|conn| {
+            let mut statement = conn
+                .prepare(
+                    "SELECT serial, COALESCE(revoked_at, retired_at) FROM certificates
+                     WHERE backend_ref IS NULL AND (state = 'revoked' OR retired_at IS NOT NULL)
+                     ORDER BY serial",
+                )
+                .map_err(db)?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((row.get(0)?, row.get::<_, Option<i64>>(1)?.unwrap_or(0)))
+                })
+                .map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
         })
         .await
     }
