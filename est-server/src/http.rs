@@ -52,33 +52,8 @@ pub struct AppState {
     pub registry: Arc<dyn Registry>,
     /// The local CA (for its CRL).
     pub local_ca: Arc<ca_backends::local::LocalCa>,
-    next_request_id: AtomicU64,
-}
-
-impl AppState {
-    /// Bundles the pieces.
-    pub fn new(
-        labels: HashMap<String, Label>,
-        enroll: EnrollService,
-        realm: String,
-        limits: Limits,
-        header_case: Extensions,
-        cvm_label: Option<String>,
-        registry: Arc<dyn Registry>,
-        local_ca: Arc<ca_backends::local::LocalCa>,
-    ) -> Self {
-        Self {
-            registry,
-            local_ca,
-            labels,
-            enroll,
-            realm,
-            limits,
-            header_case,
-            cvm_label,
-            next_request_id: AtomicU64::new(1),
-        }
-    }
+    /// Source of request ids for logs and 5xx bodies.
+    pub next_request_id: AtomicU64,
 }
 
 /// Per-connection facts.

@@ -125,16 +125,17 @@ pub async fn run(
     );
     let enroll = EnrollService::new(authenticator, registry.clone());
     let header_case = crate::header_case::template().await?;
-    let state = Arc::new(AppState::new(
+    let state = Arc::new(AppState {
         labels,
         enroll,
-        config.realm.clone(),
-        config.limits.clone(),
+        realm: config.realm.clone(),
+        limits: config.limits.clone(),
         header_case,
-        config.cvm.as_ref().map(|c| c.label.clone()),
-        registry.clone(),
-        ca.clone(),
-    ));
+        cvm_label: config.cvm.as_ref().map(|c| c.label.clone()),
+        registry: registry.clone(),
+        local_ca: ca.clone(),
+        next_request_id: std::sync::atomic::AtomicU64::new(1),
+    });
     tokio::spawn(crate::retirement::sweep(
         state.clone(),
         registry,
