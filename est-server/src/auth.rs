@@ -67,7 +67,17 @@ pub struct Users {
     hashes: HashMap<String, String>,
     /// Verified against for unknown users, so timing does not reveal which names exist.
     decoy: String,
+    /// Recently verified credentials, as HMAC-SHA256 under a per-process
+    /// random key (never the password), so a client that authenticates on
+    /// every request does not pay argon2 each time.
+    verified: std::sync::Mutex<HashMap<[u8; 32], std::time::Instant>>,
+    cache_key: aws_lc_rs::hmac::Key,
 }
+
+/// How long a verified Basic credential is remembered.
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+/// The most credentials remembered at once.
+const VERIFIED_MAX: usize = 10_000;
 
 impl Users {
     /// Builds the user table (hashes were checked when the config loaded).
@@ -76,10 +86,14 @@ impl Users {
             .iter()
             .map(|u| (u.name.clone(), u.password_hash.clone()))
             .collect();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
         Self {
             hashes,
             decoy: hash_password("decoy password for unknown users")
                 .expect("hashing a constant cannot fail"),
+            verified: std::sync::Mutex::new(HashMap::new()),
+            cache_key: aws_lc_rs::hmac::Key::generate(aws_lc_rs::hmac::HMAC_SHA256, &rng)
+                .expect("system randomness"),
         }
     }
 
@@ -91,8 +105,12 @@ impl Users {
     /// True when `credentials` name a configured user with the right password.
     /// Runs on a blocking thread: argon2 is deliberately slow.
     pub async fn verify(self: &Arc<Self>, credentials: BasicCredentials) -> bool {
+        let fingerprint = self.credential_fingerprint(&credentials);
+        if self.recently_verified(&fingerprint) {
+            return true;
+        }
         let users = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let verified = tokio::task::spawn_blocking(move || {
             let (hash, known) = match users.hashes.get(&credentials.user) {
                 Some(hash) => (hash.as_str(), true),
                 None => (users.decoy.as_str(), false),
@@ -106,7 +124,41 @@ impl Users {
             matches && known
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+        if verified {
+            self.remember(fingerprint);
+        }
+        verified
+    }
+
+    fn credential_fingerprint(&self, credentials: &BasicCredentials) -> [u8; 32] {
+        let mut context = aws_lc_rs::hmac::Context::with_key(&self.cache_key);
+        context.update(credentials.user.as_bytes());
+        context.update(&[0]);
+        context.update(credentials.password.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(context.sign().as_ref());
+        out
+    }
+
+    fn recently_verified(&self, fingerprint: &[u8; 32]) -> bool {
+        self.verified
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(fingerprint).map(|at| at.elapsed() < VERIFIED_TTL))
+            .unwrap_or(false)
+    }
+
+    fn remember(&self, fingerprint: [u8; 32]) {
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= VERIFIED_MAX {
+                cache.retain(|_, at| at.elapsed() < VERIFIED_TTL);
+                if cache.len() >= VERIFIED_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(fingerprint, std::time::Instant::now());
+        }
     }
 }
 
@@ -548,5 +600,10 @@ mod tests {
         assert!(users.verify(creds("estuser", "estpwd")).await);
         assert!(!users.verify(creds("estuser", "wrong")).await);
         assert!(!users.verify(creds("nobody", "estpwd")).await);
+        // Remembered: the second check is fast, and a wrong password still fails.
+        let started = std::time::Instant::now();
+        assert!(users.verify(creds("estuser", "estpwd")).await);
+        assert!(started.elapsed() < std::time::Duration::from_millis(5));
+        assert!(!users.verify(creds("estuser", "estpwd2")).await);
     }
 }
