@@ -39,7 +39,11 @@ struct Args {
     #[arg(long, default_value = "10")]
     seconds: u64,
     /// Modes: keepalive, newconn, reenroll.
-    #[arg(long, value_delimiter = ',', default_value = "keepalive,newconn,reenroll")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "keepalive,newconn,reenroll"
+    )]
     modes: Vec<String>,
     /// Server process id, for CPU and RSS figures.
     #[arg(long)]
@@ -48,6 +52,9 @@ struct Args {
     #[arg(long, default_value = "256")]
     csrs: usize,
 }
+
+/// One worker's latencies and errors by kind.
+type WorkerResult = (Vec<Duration>, BTreeMap<String, usize>);
 
 struct Run {
     latencies: Vec<Duration>,
@@ -58,7 +65,9 @@ struct Run {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let floor = crypto_floor();
     println!("crypto floor (1 core, P-256 CSR verify + certificate sign): {floor:.0} ops/s; {cores} cores");
 
@@ -68,7 +77,10 @@ async fn main() -> anyhow::Result<()> {
     let target = Target {
         host: host.to_owned(),
         port: port.parse()?,
-        basic: format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(&args.basic)),
+        basic: format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(&args.basic)
+        ),
     };
     let bodies: Arc<Vec<Bytes>> = Arc::new(
         (0..args.csrs)
@@ -78,25 +90,50 @@ async fn main() -> anyhow::Result<()> {
                     subject: format!("CN=bench-{i}").parse().expect("name"),
                     ..Default::default()
                 };
-                Bytes::from(est_wire::body::encode(&est_wire::csr::build(&spec, &key).expect("csr")))
+                Bytes::from(est_wire::body::encode(
+                    &est_wire::csr::build(&spec, &key).expect("csr"),
+                ))
             })
             .collect(),
     );
     println!(
         "{:<10} {:>5} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>11} {:>9}  errors",
-        "mode", "conc", "enroll/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "vs floor", "cpu ms/enr", "peak RSS"
+        "mode",
+        "conc",
+        "enroll/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "vs floor",
+        "cpu ms/enr",
+        "peak RSS"
     );
     for mode in &args.modes {
         for &concurrency in &args.concurrency {
             let cpu_before = args.server_pid.and_then(cpu_seconds);
             let run = match mode.as_str() {
-                "keepalive" => run_enroll(&target, &plain, &bodies, concurrency, args.seconds, true).await,
-                "newconn" => run_enroll(&target, &plain, &bodies, concurrency, args.seconds, false).await,
-                "reenroll" => run_reenroll(&target, &anchors, &plain, concurrency, args.seconds).await?,
+                "keepalive" => {
+                    run_enroll(&target, &plain, &bodies, concurrency, args.seconds, true).await
+                }
+                "newconn" => {
+                    run_enroll(&target, &plain, &bodies, concurrency, args.seconds, false).await
+                }
+                "reenroll" => {
+                    run_reenroll(&target, &anchors, &plain, concurrency, args.seconds).await?
+                }
                 other => anyhow::bail!("unknown mode {other}"),
             };
             let cpu_after = args.server_pid.and_then(cpu_seconds);
-            report(mode, concurrency, run, floor, cores, cpu_before.zip(cpu_after), args.server_pid);
+            report(
+                mode,
+                concurrency,
+                run,
+                floor,
+                cores,
+                cpu_before.zip(cpu_after),
+                args.server_pid,
+            );
         }
     }
     Ok(())
@@ -110,17 +147,28 @@ struct Target {
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-async fn connect(target: &Target, tls: &Arc<tokio_rustls::rustls::ClientConfig>) -> anyhow::Result<Sender> {
+async fn connect(
+    target: &Target,
+    tls: &Arc<tokio_rustls::rustls::ClientConfig>,
+) -> anyhow::Result<Sender> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(target.host.clone())?;
-    let stream = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await?;
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     Ok(sender)
 }
 
-async fn post(sender: &mut Sender, target: &Target, path: &str, body: Bytes, basic: bool) -> Result<Bytes, String> {
+async fn post(
+    sender: &mut Sender,
+    target: &Target,
+    path: &str,
+    body: Bytes,
+    basic: bool,
+) -> Result<Bytes, String> {
     let mut request = hyper::Request::post(path)
         .header("Host", &target.host)
         .header("Content-Type", "application/pkcs10");
@@ -128,9 +176,17 @@ async fn post(sender: &mut Sender, target: &Target, path: &str, body: Bytes, bas
         request = request.header("Authorization", &target.basic);
     }
     let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let response = sender.send_request(request).await.map_err(|_| "io".to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|_| "io".to_string())?;
     let status = response.status();
-    let body = response.into_body().collect().await.map_err(|_| "io".to_string())?.to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| "io".to_string())?
+        .to_bytes();
     if status == 200 {
         Ok(body)
     } else {
@@ -148,7 +204,11 @@ async fn run_enroll(
 ) -> Run {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
-    let target = Arc::new(Target { host: target.host.clone(), port: target.port, basic: target.basic.clone() });
+    let target = Arc::new(Target {
+        host: target.host.clone(),
+        port: target.port,
+        basic: target.basic.clone(),
+    });
     let mut workers = Vec::new();
     for worker in 0..concurrency {
         let (target, tls, bodies) = (target.clone(), tls.clone(), bodies.clone());
@@ -171,7 +231,14 @@ async fn run_enroll(
                 }
                 let body = bodies[i % bodies.len()].clone();
                 i += concurrency;
-                let result = post(sender.as_mut().expect("connected"), &target, "/.well-known/est/simpleenroll", body, true).await;
+                let result = post(
+                    sender.as_mut().expect("connected"),
+                    &target,
+                    "/.well-known/est/simpleenroll",
+                    body,
+                    true,
+                )
+                .await;
                 match result {
                     Ok(_) => latencies.push(t0.elapsed()),
                     Err(status) => {
@@ -195,18 +262,31 @@ async fn run_reenroll(
 ) -> anyhow::Result<Run> {
     // Each worker enrolls once, then renews its own certificate in a loop,
     // each renewal over a new mTLS connection with the current certificate.
-    let target = Arc::new(Target { host: target.host.clone(), port: target.port, basic: target.basic.clone() });
+    let target = Arc::new(Target {
+        host: target.host.clone(),
+        port: target.port,
+        basic: target.basic.clone(),
+    });
     let mut workers = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     for worker in 0..concurrency {
         let key = SigningKey::generate(KeyAlgorithm::EcP256)?;
-        let spec = CsrSpec { subject: format!("CN=bench-renew-{worker}").parse()?, ..Default::default() };
+        let spec = CsrSpec {
+            subject: format!("CN=bench-renew-{worker}").parse()?,
+            ..Default::default()
+        };
         let body = Bytes::from(est_wire::body::encode(&est_wire::csr::build(&spec, &key)?));
         let mut sender = connect(&target, plain).await?;
-        let first = post(&mut sender, &target, "/.well-known/est/simpleenroll", body.clone(), true)
-            .await
-            .map_err(|s| anyhow::anyhow!("initial enrollment: {s}"))?;
+        let first = post(
+            &mut sender,
+            &target,
+            "/.well-known/est/simpleenroll",
+            body.clone(),
+            true,
+        )
+        .await
+        .map_err(|s| anyhow::anyhow!("initial enrollment: {s}"))?;
         let (target, anchors) = (target.clone(), anchors.to_vec());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -218,12 +298,22 @@ async fn run_reenroll(
                     chain: vec![rustls_pki_types::CertificateDer::from(current.clone())],
                     key: rustls_pki_types::PrivateKeyDer::Pkcs8(key.pkcs8_der().to_vec().into()),
                 };
-                let tls = match client_config(ServerTrust::Anchors(anchors.clone()), Some(identity)) {
+                let tls = match client_config(ServerTrust::Anchors(anchors.clone()), Some(identity))
+                {
                     Ok(tls) => tls,
                     Err(_) => break,
                 };
                 let result = match connect(&target, &tls).await {
-                    Ok(mut sender) => post(&mut sender, &target, "/.well-known/est/simplereenroll", body.clone(), false).await,
+                    Ok(mut sender) => {
+                        post(
+                            &mut sender,
+                            &target,
+                            "/.well-known/est/simplereenroll",
+                            body.clone(),
+                            false,
+                        )
+                        .await
+                    }
                     Err(_) => Err("connect".into()),
                 };
                 match result {
@@ -250,10 +340,7 @@ fn first_cert(body: &[u8]) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-async fn collect(
-    workers: Vec<tokio::task::JoinHandle<(Vec<Duration>, BTreeMap<String, usize>)>>,
-    started: Instant,
-) -> Run {
+async fn collect(workers: Vec<tokio::task::JoinHandle<WorkerResult>>, started: Instant) -> Run {
     let mut latencies = Vec::new();
     let mut errors = BTreeMap::new();
     for worker in workers {
@@ -265,10 +352,22 @@ async fn collect(
         }
     }
     latencies.sort();
-    Run { latencies, errors, elapsed: started.elapsed() }
+    Run {
+        latencies,
+        errors,
+        elapsed: started.elapsed(),
+    }
 }
 
-fn report(mode: &str, concurrency: usize, run: Run, floor: f64, cores: usize, cpu: Option<(f64, f64)>, pid: Option<u32>) {
+fn report(
+    mode: &str,
+    concurrency: usize,
+    run: Run,
+    floor: f64,
+    cores: usize,
+    cpu: Option<(f64, f64)>,
+    pid: Option<u32>,
+) {
     let n = run.latencies.len();
     let rate = n as f64 / run.elapsed.as_secs_f64();
     let pct = |p: f64| {
@@ -278,7 +377,13 @@ fn report(mode: &str, concurrency: usize, run: Run, floor: f64, cores: usize, cp
             run.latencies[((n as f64 * p) as usize).min(n - 1)].as_secs_f64() * 1000.0
         }
     };
-    let cpu_per = cpu.map(|(a, b)| if n == 0 { 0.0 } else { (b - a) / n as f64 * 1000.0 });
+    let cpu_per = cpu.map(|(a, b)| {
+        if n == 0 {
+            0.0
+        } else {
+            (b - a) / n as f64 * 1000.0
+        }
+    });
     let rss = pid.and_then(peak_rss_kib);
     println!(
         "{:<10} {:>5} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7.1}% {:>11} {:>9}  {:?}",
@@ -288,10 +393,16 @@ fn report(mode: &str, concurrency: usize, run: Run, floor: f64, cores: usize, cp
         pct(0.50),
         pct(0.90),
         pct(0.99),
-        run.latencies.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
+        run.latencies
+            .last()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0),
         rate / (floor * cores as f64) * 100.0,
-        cpu_per.map(|c| format!("{c:.3}")).unwrap_or_else(|| "-".into()),
-        rss.map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or_else(|| "-".into()),
+        cpu_per
+            .map(|c| format!("{c:.3}"))
+            .unwrap_or_else(|| "-".into()),
+        rss.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+            .unwrap_or_else(|| "-".into()),
         run.errors
     );
 }
@@ -299,16 +410,21 @@ fn report(mode: &str, concurrency: usize, run: Run, floor: f64, cores: usize, cp
 /// Single-core CSR verification + certificate signing rate (the floor to approach).
 fn crypto_floor() -> f64 {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ca = ca_backends::local::LocalCa::open_or_create(dir.path(), &Default::default()).expect("CA");
+    let ca =
+        ca_backends::local::LocalCa::open_or_create(dir.path(), &Default::default()).expect("CA");
     let key = SigningKey::generate(KeyAlgorithm::EcP256).expect("key");
-    let spec = CsrSpec { subject: "CN=floor".parse().expect("name"), ..Default::default() };
+    let spec = CsrSpec {
+        subject: "CN=floor".parse().expect("name"),
+        ..Default::default()
+    };
     let der = est_wire::csr::build(&spec, &key).expect("csr");
     let profile = ca_backends::Profile::default();
     let started = Instant::now();
     let mut n = 0u64;
     while started.elapsed() < Duration::from_secs(2) {
         let csr = Csr::from_der(&der).expect("verify");
-        ca.issue(csr.subject(), csr.public_key(), &[], &profile).expect("sign");
+        ca.issue(csr.subject(), csr.public_key(), &[], &profile)
+            .expect("sign");
         n += 1;
     }
     n as f64 / started.elapsed().as_secs_f64()

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
     unix_now, CertState, CertificateRecord, Device, DeviceClaim, DeviceState, NewCertificate,
@@ -16,9 +16,80 @@ use super::{
 };
 
 /// The SQLite registry. Cheap to clone.
+///
+/// Reads use their own connection. Writes go to one writer thread that
+/// commits them in groups: it takes every write queued while the previous
+/// commit was on disk, runs each inside its own savepoint (a failed condition
+/// rolls back only that write), commits once, and only then answers each
+/// caller. Concurrent enrollments share one fsync instead of paying one each,
+/// and nothing is acknowledged before it is durable.
 #[derive(Clone)]
 pub struct SqliteRegistry {
     connection: Arc<Mutex<Connection>>,
+    writer: std::sync::mpsc::Sender<WriteRequest>,
+}
+
+type JobOutput = Box<dyn std::any::Any + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Result<JobOutput, RegistryError> + Send>;
+
+struct WriteRequest {
+    job: Job,
+    reply: tokio::sync::oneshot::Sender<Result<JobOutput, RegistryError>>,
+}
+
+/// Most writes committed together.
+const MAX_BATCH: usize = 512;
+
+/// The writer thread: group commit (see [`SqliteRegistry`]).
+fn writer_loop(conn: Connection, requests: std::sync::mpsc::Receiver<WriteRequest>) {
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            for request in batch {
+                let _ = request
+                    .reply
+                    .send(Err(RegistryError::Database(e.to_string())));
+            }
+            continue;
+        }
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for WriteRequest { job, reply } in batch {
+            let savepoint = conn.execute_batch("SAVEPOINT job");
+            let result = match savepoint {
+                Ok(()) => job(&conn),
+                Err(e) => Err(db(e)),
+            };
+            let closed = if result.is_ok() {
+                conn.execute_batch("RELEASE job")
+            } else {
+                conn.execute_batch("ROLLBACK TO job; RELEASE job")
+            };
+            let result = match closed {
+                Ok(()) => result,
+                Err(e) => Err(db(e)),
+            };
+            outcomes.push((reply, result));
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                for (reply, result) in outcomes {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                for (reply, _) in outcomes {
+                    let _ = reply.send(Err(RegistryError::Database(e.to_string())));
+                }
+            }
+        }
+    }
 }
 
 const SCHEMA: &str = "
@@ -123,9 +194,42 @@ impl SqliteRegistry {
             .map_err(db)?;
         connection.execute_batch(SCHEMA).map_err(db)?;
         migrate(&connection)?;
+        let write_connection = Connection::open(path).map_err(db)?;
+        write_connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        write_connection
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db)?;
+        let (writer, requests) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("registry-writer".into())
+            .spawn(move || writer_loop(write_connection, requests))
+            .map_err(|e| RegistryError::Task(e.to_string()))?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
+            writer,
         })
+    }
+
+    /// Runs `f` in the next group commit and returns once it is durable.
+    async fn write<T, F>(&self, f: F) -> Result<T, RegistryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, RegistryError> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| f(conn).map(|value| Box::new(value) as JobOutput));
+        self.writer
+            .send(WriteRequest { job, reply })
+            .map_err(|_| RegistryError::Task("registry writer stopped".into()))?;
+        let output = answer
+            .await
+            .map_err(|_| RegistryError::Task("registry writer stopped".into()))??;
+        output
+            .downcast::<T>()
+            .map(|value| *value)
+            .map_err(|_| RegistryError::Task("registry writer returned the wrong type".into()))
     }
 
     async fn with<T, F>(&self, f: F) -> Result<T, RegistryError>
@@ -166,10 +270,8 @@ impl Registry for SqliteRegistry {
         pending_id: Option<String>,
         claim: Option<DeviceClaim>,
     ) -> Result<(), RegistryError> {
-        self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+        self.write(move |conn| {
+            let tx = conn;
             let mut device_id = certificate.device_id.clone();
             if let Some(old) = &supersedes {
                 let changed = tx
@@ -250,7 +352,6 @@ impl Registry for SqliteRegistry {
                 )
                 .map_err(db)?;
             }
-            tx.commit().map_err(db)?;
             Ok(())
         })
         .await
@@ -307,7 +408,7 @@ impl Registry for SqliteRegistry {
 
     async fn revoke(&self, serial: &str) -> Result<(), RegistryError> {
         let serial = serial.to_owned();
-        self.with(move |conn| {
+        self.write(move |conn| {
             let changed = conn
                 .execute(
                     "UPDATE certificates SET state = 'revoked', revoked_at = COALESCE(revoked_at, ?2)
@@ -325,7 +426,7 @@ impl Registry for SqliteRegistry {
 
     async fn mark_predecessor_proven(&self, fingerprint: &str) -> Result<(), RegistryError> {
         let fingerprint = fingerprint.to_owned();
-        self.with(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "UPDATE certificates SET proven = 1
                  WHERE serial = (SELECT predecessor FROM certificates
@@ -359,7 +460,7 @@ impl Registry for SqliteRegistry {
 
     async fn mark_retired(&self, serial: &str) -> Result<(), RegistryError> {
         let serial = serial.to_owned();
-        self.with(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "UPDATE certificates SET retired_at = ?1 WHERE serial = ?2 AND retired_at IS NULL",
                 params![unix_now(), serial],
@@ -404,7 +505,7 @@ impl Registry for SqliteRegistry {
     }
 
     async fn add_pending(&self, request: PendingRequest) -> Result<(), RegistryError> {
-        self.with(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "INSERT OR IGNORE INTO pending_requests (id, label, subject, requested_by, state, created_at)
                  VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
@@ -423,7 +524,7 @@ impl Registry for SqliteRegistry {
         } else {
             PendingState::Rejected
         };
-        self.with(move |conn| {
+        self.write(move |conn| {
             let changed = conn
                 .execute(
                     "UPDATE pending_requests SET state = ?1, decided_at = ?2 WHERE id = ?3 AND state = 'pending'",
@@ -452,10 +553,8 @@ impl Registry for SqliteRegistry {
     }
 
     async fn add_devices(&self, devices: Vec<NewDevice>) -> Result<Vec<bool>, RegistryError> {
-        self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+        self.write(move |conn| {
+            let tx = conn;
             let mut added = Vec::with_capacity(devices.len());
             {
                 let mut insert = tx
@@ -472,7 +571,6 @@ impl Registry for SqliteRegistry {
                     added.push(inserted == 1);
                 }
             }
-            tx.commit().map_err(db)?;
             Ok(added)
         })
         .await
@@ -528,7 +626,7 @@ impl Registry for SqliteRegistry {
 
     async fn disable_device(&self, id: &str) -> Result<(), RegistryError> {
         let id = id.to_owned();
-        self.with(move |conn| {
+        self.write(move |conn| {
             let changed = conn
                 .execute("UPDATE devices SET state = 'disabled' WHERE id = ?1", [&id])
                 .map_err(db)?;
@@ -547,7 +645,7 @@ impl Registry for SqliteRegistry {
         lock_secs: i64,
     ) -> Result<(), RegistryError> {
         let id = id.to_owned();
-        self.with(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "UPDATE devices SET
                      failed_attempts = failed_attempts + 1,
@@ -569,10 +667,8 @@ impl Registry for SqliteRegistry {
         lease_until: i64,
     ) -> Result<(), RegistryError> {
         let (id, token_hash, owner) = (id.to_owned(), token_hash.to_owned(), owner.to_owned());
-        self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+        self.write(move |conn| {
+            let tx = conn;
             let changed = tx
                 .execute(
                     "UPDATE devices SET lease_owner = ?1, lease_until = ?2
@@ -582,7 +678,6 @@ impl Registry for SqliteRegistry {
                 )
                 .map_err(db)?;
             if changed == 1 {
-                tx.commit().map_err(db)?;
                 return Ok(());
             }
             let state: Option<String> = tx
@@ -603,7 +698,7 @@ impl Registry for SqliteRegistry {
 
     async fn release_device(&self, id: &str, owner: &str) -> Result<(), RegistryError> {
         let (id, owner) = (id.to_owned(), owner.to_owned());
-        self.with(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "UPDATE devices SET lease_owner = NULL, lease_until = NULL WHERE id = ?1 AND lease_owner = ?2",
                 params![id, owner],
