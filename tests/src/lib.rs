@@ -203,6 +203,11 @@ impl Server {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Path inside the data directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)

@@ -1,0 +1,129 @@
+//! Durability: kill -9 the server in the middle of an enrollment load, restart
+//! it, and check that every certificate a client received is in the registry
+//! and that no one-time token produced two certificates.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use est_e2e::*;
+
+#[test]
+fn every_certificate_received_before_a_kill_9_is_in_the_registry() {
+    let config = config_with("").replace(
+        "[enroll]\nprofile = \"device\"\n[labels.edgeca]",
+        "[labels.edgeca]",
+    ) + "[enroll]\nprofile = \"device\"\nauth = [\"basic\", \"device-token\"]\n";
+    let server = Server::start_with(&config, None);
+    let work = tempfile::tempdir().unwrap();
+    // Devices with one-time tokens, one per enrollment attempt.
+    let csv = work.path().join("devices.csv");
+    let ids: Vec<String> = (0..400).map(|i| format!("DUR-{i:04}")).collect();
+    std::fs::write(&csv, ids.join("\n")).unwrap();
+    let tokens_file = work.path().join("tokens.csv");
+    server.admin(&[
+        "devices",
+        "import",
+        &csv.display().to_string(),
+        "--tokens-out",
+        &tokens_file.display().to_string(),
+    ]);
+    let tokens: Vec<(String, String)> = std::fs::read_to_string(&tokens_file)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (id, token) = l.split_once(',').unwrap();
+            (id.to_owned(), token.to_owned())
+        })
+        .collect();
+    let key = work.path().join("k.pem");
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &key.display().to_string(),
+    ]);
+
+    let received = Mutex::new(Vec::new());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for worker in 0..6 {
+            let (server, tokens, received, next, stop, key, work) =
+                (&server, &tokens, &received, &next, &stop, &key, &work);
+            scope.spawn(move || {
+                let dir = work.path().join(format!("w{worker}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    // Every token is sent twice, by different workers: a replay race.
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((id, token)) = tokens.get(i / 2) else {
+                        break;
+                    };
+                    let csr = Csr::for_key(&dir, id, key, &format!("/CN={id}"), &[]);
+                    let response = post_csr(
+                        server,
+                        None,
+                        "simpleenroll",
+                        &csr.b64,
+                        &["-u", &format!("{id}:{token}")],
+                    );
+                    if response.status == 200 {
+                        received
+                            .lock()
+                            .unwrap()
+                            .push((id.clone(), pkcs7_to_pem(&response.body)));
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(4));
+        // kill -9 while requests are in flight.
+        let pid = server.pid();
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let received = received.into_inner().unwrap();
+    assert!(
+        received.len() > 10,
+        "the load issued certificates before the kill: {}",
+        received.len()
+    );
+    eprintln!("{} certificates delivered before kill -9", received.len());
+
+    let server = server.restart();
+    let listing = server.admin(&["certs", "list", "--limit", "100000"]);
+    let pem_dir = tempfile::tempdir().unwrap();
+    for (n, (id, pem)) in received.iter().enumerate() {
+        let path = pem_dir.path().join(format!("{n}.pem"));
+        std::fs::write(&path, pem).unwrap();
+        let serial = x509(&path, &["-serial"])
+            .trim()
+            .trim_start_matches("serial=")
+            .to_ascii_lowercase();
+        assert!(
+            listing.contains(&serial),
+            "certificate {serial} of {id} was delivered but is not in the registry"
+        );
+    }
+    // No token produced two certificates, in the registry or on the wire.
+    for id in &ids {
+        let recorded = listing
+            .matches(&format!("auth=device-token:{id}\n"))
+            .count();
+        let delivered = received.iter().filter(|(r, _)| r == id).count();
+        assert!(
+            recorded <= 1 && delivered <= 1,
+            "{id}: {recorded} recorded, {delivered} delivered"
+        );
+    }
+    server.assert_healthy();
+}
