@@ -12,6 +12,8 @@ pub mod dev;
 pub mod devices;
 pub mod enroll;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod header_case;
 pub mod http;
 pub mod registry;

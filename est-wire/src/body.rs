@@ -140,3 +140,33 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_is_identity(data in proptest::collection::vec(any::<u8>(), 1..2048)) {
+            let text = encode(&data);
+            prop_assert!(text.lines().all(|l| l.len() <= 64));
+            prop_assert_eq!(decode(text.as_bytes()).unwrap(), data);
+        }
+
+        #[test]
+        fn whitespace_anywhere_is_ignored(data in proptest::collection::vec(any::<u8>(), 1..512), cuts in proptest::collection::vec((0usize..1000, 0usize..4), 0..20)) {
+            let mut text: Vec<u8> = STANDARD.encode(&data).into_bytes();
+            for (at, kind) in cuts {
+                let at = at % (text.len() + 1);
+                text.insert(at, [b' ', b'\t', b'\r', b'\n'][kind]);
+            }
+            prop_assert_eq!(decode(&text).unwrap(), data);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&data);
+        }
+    }
+}

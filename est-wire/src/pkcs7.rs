@@ -144,3 +144,35 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_subset_of_certificates_round_trips(mask in 1u8..4) {
+            let der = crate::body::decode(include_str!("../testdata/two-certs.p7b.pem").as_bytes()).unwrap();
+            let all = decode_certs_only(&der).unwrap();
+            let chosen: Vec<Certificate> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, c)| c.clone())
+                .collect();
+            let encoded = encode_certs_only(&chosen).unwrap();
+            let mut back = decode_certs_only(&encoded).unwrap();
+            let mut expected = chosen.clone();
+            let key = |c: &Certificate| der::Encode::to_der(c).unwrap();
+            back.sort_by_key(key);
+            expected.sort_by_key(key);
+            prop_assert_eq!(back, expected);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = decode_certs_only(&data);
+        }
+    }
+}
