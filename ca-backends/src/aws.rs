@@ -15,12 +15,12 @@ use std::time::Duration;
 use aws_sdk_iot::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_iot::types::CertificateStatus;
 use aws_sdk_iot::Client;
-use der::{Decode, Encode};
+use der::Decode;
 use est_wire::keys::SigningKey;
 use x509_cert::Certificate;
 use zeroize::Zeroizing;
 
-use crate::{serial_hex, Binding, CaBackend, CaError, IssueRequest, IssuedCertificate};
+use crate::{Binding, CaBackend, CaError, IssueRequest, IssuedCertificate};
 
 /// How to reach AWS IoT for one label.
 #[derive(Debug, Clone, Default)]
@@ -285,25 +285,7 @@ fn issued_from_pem(pem: &str, certificate_id: &str) -> Result<IssuedCertificate,
         .map_err(|e| CaError::Internal(format!("AWS certificate PEM: {e}")))?;
     let certificate = Certificate::from_der(&der)
         .map_err(|e| CaError::Internal(format!("AWS certificate: {e}")))?;
-    let der = certificate
-        .to_der()
-        .map_err(|e| CaError::Internal(e.to_string()))?;
-    Ok(IssuedCertificate {
-        serial_hex: serial_hex(&certificate),
-        not_before: certificate
-            .tbs_certificate
-            .validity
-            .not_before
-            .to_system_time(),
-        not_after: certificate
-            .tbs_certificate
-            .validity
-            .not_after
-            .to_system_time(),
-        certificate,
-        der,
-        backend_ref: Some(certificate_id.to_owned()),
-    })
+    IssuedCertificate::from_certificate(certificate, Some(certificate_id.to_owned()))
 }
 
 /// Maps an SDK error: throttling and server faults are "unavailable" (503),

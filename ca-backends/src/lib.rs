@@ -61,6 +61,35 @@ pub struct IssuedCertificate {
     pub backend_ref: Option<String>,
 }
 
+impl IssuedCertificate {
+    /// Describes `certificate` as issued, with the backend's handle for it.
+    pub fn from_certificate(
+        certificate: Certificate,
+        backend_ref: Option<String>,
+    ) -> Result<Self, CaError> {
+        use der::Encode;
+        let der = certificate
+            .to_der()
+            .map_err(|e| CaError::Internal(e.to_string()))?;
+        Ok(Self {
+            serial_hex: serial_hex(&certificate),
+            not_before: certificate
+                .tbs_certificate
+                .validity
+                .not_before
+                .to_system_time(),
+            not_after: certificate
+                .tbs_certificate
+                .validity
+                .not_after
+                .to_system_time(),
+            certificate,
+            der,
+            backend_ref,
+        })
+    }
+}
+
 /// Why a backend could not issue. Each kind maps to one EST answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CaError {

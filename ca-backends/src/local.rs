@@ -23,7 +23,7 @@ use x509_cert::name::Name;
 use x509_cert::Certificate;
 
 use crate::x509::{build_and_sign, key_identifier, CertificateSpec};
-use crate::{serial_hex, CaBackend, CaError, IssueRequest, IssuedCertificate, Profile};
+use crate::{CaBackend, CaError, IssueRequest, IssuedCertificate, Profile};
 
 const ROOT_KEY: &str = "root-ca.key";
 const ROOT_CERT: &str = "root-ca.pem";
@@ -269,25 +269,7 @@ impl LocalCa {
             },
             &self.issuing_key,
         )?;
-        let der = certificate
-            .to_der()
-            .map_err(|e| CaError::Internal(e.to_string()))?;
-        Ok(IssuedCertificate {
-            serial_hex: serial_hex(&certificate),
-            not_before: certificate
-                .tbs_certificate
-                .validity
-                .not_before
-                .to_system_time(),
-            not_after: certificate
-                .tbs_certificate
-                .validity
-                .not_after
-                .to_system_time(),
-            certificate,
-            der,
-            backend_ref: None,
-        })
+        IssuedCertificate::from_certificate(certificate, None)
     }
 }
 
