@@ -19,7 +19,7 @@ use x509_cert::Certificate;
 use zeroize::Zeroizing;
 
 use crate::client::{ClientError, CsrSource, EstClient, EstClientConfig};
-use crate::files::{install_pair, read_certificate, recover_pair};
+use crate::files::{install_pair, read_certificate, recover_pair, sibling, write_atomic};
 use crate::policy::{with_jitter, AutoRenew};
 use crate::transport::{read_certs, read_key, ClientIdentity, ServerTrust};
 
@@ -194,8 +194,9 @@ impl Renewer {
             .parse()
             .map_err(|e: String| anyhow::anyhow!(e))?;
         let rotate = cfg.auto_renew.rotate_key || !cfg.key.exists();
+        let pending_key = sibling(&cfg.key, "pending");
         let key = if rotate {
-            SigningKey::generate(algorithm)?
+            pending_or_new_key(&pending_key, current.as_ref(), algorithm)?
         } else {
             SigningKey::from_pem(&std::fs::read(&cfg.key)?)?
         };
@@ -232,11 +233,9 @@ impl Renewer {
             }
         };
 
-        // Verify before installing: chains to the trust anchors through /cacerts,
-        // certifies our key. /cacerts is fetched over TLS with the new pair,
-        // which also shows the server the successor works (it may then retire
-        // the predecessor).
-        let chain = self.cacerts_with(&issued, &key).await?;
+        // Verify before installing: chains to the trust anchors through
+        // /cacerts (fetched without a client certificate) and certifies our key.
+        let chain = self.cacerts_with(None).await?;
         crate::verify::verify_chain(&issued, &chain, &self.anchors()?)?;
         if issued.tbs_certificate.subject_public_key_info != key.public_key_info() {
             anyhow::bail!("the issued certificate does not certify our key");
@@ -244,6 +243,13 @@ impl Renewer {
         let cert_pem = est_wire::pem::certificate_to_pem(&issued);
         let key_pem = rotate.then(|| key.to_pkcs8_pem());
         install_pair(&cfg.cert, &cfg.key, &cert_pem, key_pem.as_deref())?;
+        let _ = std::fs::remove_file(&pending_key);
+        // Only now, with the pair installed, show the server the successor in
+        // use: that lets it retire the predecessor. Until then a lost
+        // response can still be retried with the predecessor.
+        if let Err(e) = self.cacerts_with(Some((&issued, &key))).await {
+            tracing::warn!(error = %e, "the server did not accept the new certificate yet; it will see it on next use");
+        }
         let serial = hex_serial(&issued);
         let not_after = validity(&issued).1;
         tracing::info!(%serial, rotated_key = rotate, via_bootstrap, not_after = %humantime::format_rfc3339_seconds(not_after), "renewed certificate");
@@ -255,10 +261,10 @@ impl Renewer {
         })
     }
 
+    /// `/cacerts`, over TLS with `identity` as client certificate if given.
     async fn cacerts_with(
         &self,
-        certificate: &Certificate,
-        key: &SigningKey,
+        identity: Option<(&Certificate, &SigningKey)>,
     ) -> anyhow::Result<Vec<Certificate>> {
         use der::Encode;
         let mut config = EstClientConfig::new(
@@ -266,12 +272,14 @@ impl Renewer {
             ServerTrust::Anchors(self.anchors()?),
         );
         config.label = self.config.label.clone();
-        config.identity = Some(ClientIdentity {
-            chain: vec![rustls_pki_types::CertificateDer::from(
-                certificate.to_der()?,
-            )],
-            key: rustls_pki_types::PrivateKeyDer::Pkcs8(key.pkcs8_der().to_vec().into()),
-        });
+        if let Some((certificate, key)) = identity {
+            config.identity = Some(ClientIdentity {
+                chain: vec![rustls_pki_types::CertificateDer::from(
+                    certificate.to_der()?,
+                )],
+                key: rustls_pki_types::PrivateKeyDer::Pkcs8(key.pkcs8_der().to_vec().into()),
+            });
+        }
         Ok(EstClient::new(config)?.cacerts().await?)
     }
 
@@ -367,6 +375,31 @@ impl Renewer {
             Err(_) => Duration::from_secs(30),
         }
     }
+}
+
+/// The key for a renewal with a new key. It is kept in `<key>.pending`
+/// (0600) from before the request until the certificate is installed, so a
+/// retry after a lost response or a crash sends the same key again and the
+/// server can answer with the certificate it already issued for it.
+fn pending_or_new_key(
+    pending: &Path,
+    current: Option<&Certificate>,
+    algorithm: KeyAlgorithm,
+) -> anyhow::Result<SigningKey> {
+    if let Some(key) = std::fs::read(pending)
+        .ok()
+        .and_then(|pem| SigningKey::from_pem(&pem).ok())
+    {
+        let already_installed = current
+            .is_some_and(|c| c.tbs_certificate.subject_public_key_info == key.public_key_info());
+        if !already_installed {
+            tracing::info!("reusing the key of an unfinished renewal");
+            return Ok(key);
+        }
+    }
+    let key = SigningKey::generate(algorithm)?;
+    write_atomic(pending, key.to_pkcs8_pem().as_bytes(), 0o600)?;
+    Ok(key)
 }
 
 fn bootstrap_password(bootstrap: &Bootstrap) -> anyhow::Result<Zeroizing<String>> {

@@ -318,6 +318,12 @@ impl Authenticator {
         if let Some(certificate) = credentials.client_certificate {
             match self.identity(certificate).await? {
                 CertificateKind::Identity(certificate, record) => {
+                    if record.state != CertState::Active
+                        && (record.certificate.label != label_name
+                            || operation == Operation::ServerKeyGen)
+                    {
+                        return Err(EstError::Forbidden(superseded_reason(&record)));
+                    }
                     if record.certificate.label == label_name {
                         return Ok(Principal::Identity {
                             certificate,
@@ -493,12 +499,15 @@ impl Authenticator {
         Ok(match record {
             None => CertificateKind::Other(certificate),
             Some(record) => match record.state {
-                CertState::Active => CertificateKind::Identity(certificate, Box::new(record)),
-                CertState::Superseded => CertificateKind::Retired(format!(
-                    "certificate {} has been superseded by {}; authenticate with the newer certificate",
-                    record.certificate.serial,
-                    record.successor.as_deref().unwrap_or("a newer one")
-                )),
+                // Active, or superseded by a successor the device has never
+                // used: the enrollment service may then only hand that
+                // successor out again (see `CertificateRecord::may_replay_renewal`).
+                _ if record.state == CertState::Active || record.may_replay_renewal() => {
+                    CertificateKind::Identity(certificate, Box::new(record))
+                }
+                CertState::Active | CertState::Superseded => {
+                    CertificateKind::Retired(superseded_reason(&record))
+                }
                 CertState::Revoked => CertificateKind::Retired(format!(
                     "certificate {} has been revoked",
                     record.certificate.serial
@@ -506,6 +515,15 @@ impl Authenticator {
             },
         })
     }
+}
+
+/// Why a superseded certificate is refused.
+pub(crate) fn superseded_reason(record: &CertificateRecord) -> String {
+    format!(
+        "certificate {} has been superseded by {}; authenticate with the newer certificate",
+        record.certificate.serial,
+        record.successor.as_deref().unwrap_or("a newer one")
+    )
 }
 
 /// Counts failed authentications per client address in one-minute windows.

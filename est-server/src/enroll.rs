@@ -9,19 +9,19 @@
 use std::sync::Arc;
 
 use ca_backends::{Binding, CaBackend, IssueRequest, Profile};
-use der::Encode;
+use der::{Decode, Encode};
 use est_wire::csr::Csr;
 use est_wire::names::{certificate_sans, general_names_text, same_names};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::Certificate;
 use zeroize::Zeroizing;
 
-use crate::auth::{Authenticator, Credentials, Principal};
+use crate::auth::{superseded_reason, Authenticator, Credentials, Principal};
 use crate::config::{ChannelBinding, LabelConfig};
 use crate::error::EstError;
 use crate::registry::{
-    unix_now, unix_seconds, DeviceClaim, NewCertificate, PendingRequest, PendingState, Registry,
-    RegistryError,
+    unix_now, unix_seconds, CertState, CertificateRecord, DeviceClaim, NewCertificate,
+    PendingRequest, PendingState, Registry, RegistryError,
 };
 use crate::router::Operation;
 
@@ -111,6 +111,11 @@ impl EnrollService {
         check_channel_binding(label.config.channel_binding, &csr, request.channel_binding)?;
 
         let renewal_of = authorize(&principal, &csr, label)?;
+        if let Principal::Identity { record, .. } = &principal {
+            if record.state != CertState::Active {
+                return self.replay_renewal(record, &csr).await;
+            }
+        }
         let pending_id = match (&renewal_of, label.config.require_approval) {
             (None, true) => match self.approval(label, &csr, &principal).await? {
                 Approval::Approved(id) => Some(id),
@@ -216,6 +221,49 @@ impl EnrollService {
             serial: issued.serial_hex,
             renewed: predecessor.map(str::to_owned),
             private_key,
+        })
+    }
+
+    /// Answers a renewal by a superseded certificate whose successor was
+    /// never used (the first response was lost) with that same successor,
+    /// when the CSR carries the successor's key. Anything else is refused as
+    /// a renewal of a superseded certificate.
+    async fn replay_renewal(
+        &self,
+        record: &CertificateRecord,
+        csr: &Csr,
+    ) -> Result<Enrolled, EstError> {
+        let refused = || EstError::Forbidden(superseded_reason(record));
+        let Some(successor_serial) = &record.successor else {
+            return Err(refused());
+        };
+        let successor = self
+            .registry
+            .find_by_serial(successor_serial)
+            .await
+            .map_err(EstError::internal)?
+            .filter(|s| s.state == CertState::Active)
+            .ok_or_else(refused)?;
+        let certificate =
+            Certificate::from_der(&successor.certificate.der).map_err(EstError::internal)?;
+        if certificate.tbs_certificate.subject_public_key_info != *csr.public_key() {
+            return Err(refused());
+        }
+        tracing::info!(
+            serial = %successor.certificate.serial,
+            renewed = %record.certificate.serial,
+            "renewal retried after a lost response; same certificate sent again"
+        );
+        Ok(Enrolled {
+            certificate_id: successor
+                .certificate
+                .backend_ref
+                .clone()
+                .unwrap_or_else(|| successor.certificate.fingerprint.clone()),
+            certificate,
+            serial: successor.certificate.serial.clone(),
+            renewed: Some(record.certificate.serial.clone()),
+            private_key: None,
         })
     }
 

@@ -385,25 +385,28 @@ fn kill_9_during_renewals_leaves_a_complete_pair() {
         "short",
         "[auto_renew]\nthreshold = \"1%\"\nretry = \"1s\"\nrotate_key = true\n",
     );
-    let mut renewed = 0;
-    for round in 0..12 {
-        let before = serial(dir.path());
+    // Kill points spread from 0.2 s to 2 s so some land before, some during
+    // and some after a renewal, whatever the machine's speed.
+    for round in 0..12u64 {
         let mut child = daemon(&config);
-        std::thread::sleep(Duration::from_millis(150 + (round * 97) % 600));
+        std::thread::sleep(Duration::from_millis(200 + (round * 397) % 1800));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         assert!(
             status_ok(dir.path()),
             "round {round}: pair broken after kill -9"
         );
-        if serial(dir.path()) != before {
-            renewed += 1;
-        }
     }
-    assert!(
-        renewed > 0,
-        "the daemon got some renewals done between kills"
-    );
+    // The daemon still makes progress from whatever state the kills left:
+    // it renews again, and a kill right after that leaves a complete pair.
+    let before = serial(dir.path());
+    let mut child = daemon(&config);
+    let renewed = wait_for(Duration::from_secs(20), || serial(dir.path()) != before);
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(config.with_extension("log")).unwrap_or_default();
+    assert!(renewed, "the daemon renewed after the kills: {log}");
+    assert!(status_ok(dir.path()), "pair broken after the last kill -9");
 }
 
 #[test]

@@ -10,6 +10,13 @@ fn serial_of(cert: &std::path::Path) -> String {
         .to_ascii_lowercase()
 }
 
+fn serial_of_response(response: &HttpResponse) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.pem");
+    std::fs::write(&path, pkcs7_to_pem(&response.body)).unwrap();
+    serial_of(&path)
+}
+
 fn state_of(server: &Server, serial: &str) -> String {
     let listing = server.admin(&["certs", "list"]);
     let line = listing
@@ -51,14 +58,51 @@ fn renew_with_same_key_then_rekey_supersedes_each_predecessor() {
     assert_eq!(state_of(&server, &serial_of(&cert1)), "superseded");
     assert_eq!(state_of(&server, &serial_of(&cert2)), "active");
 
-    // The superseded certificate can no longer renew.
+    // The response was lost: until cert2 is used, the same request
+    // authenticated by cert1 gets cert2 again and nothing new is issued...
     let response = post_csr(&server, None, "simplereenroll", &renew.b64, &mtls(&c, &k));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let again = work.path().join("2-again.pem");
+    std::fs::write(&again, pkcs7_to_pem(&response.body)).unwrap();
+    assert_eq!(serial_of(&again), serial_of(&cert2));
+    // ...but a different key is not a retry: refused.
+    let other = Csr::new(work.path(), "other", KeyType::P256, subject, &[san]);
+    let response = post_csr(&server, None, "simplereenroll", &other.b64, &mtls(&c, &k));
     assert_eq!(response.status, 403, "{}", response.text());
     assert!(response.text().contains("superseded"));
+    assert_eq!(
+        server
+            .admin(&["certs", "list"])
+            .matches("CN=rotating-device")
+            .count(),
+        2
+    );
+
+    // Once cert2 has been used, cert1 can no longer renew at all.
+    let c2 = cert2.display().to_string();
+    let cacerts = format!("{}/cacerts", server.base(None));
+    assert_eq!(
+        server.curl(&["--cert", &c2, "--key", &k, &cacerts]).status,
+        200
+    );
+    let mut refused = false;
+    for _ in 0..40 {
+        let r = post_csr(&server, None, "simplereenroll", &renew.b64, &mtls(&c, &k));
+        if r.status == 403 && r.text().contains("superseded") {
+            refused = true;
+            break;
+        }
+        assert_eq!(
+            serial_of_response(&r),
+            serial_of(&cert2),
+            "never a new certificate"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(refused, "cert1 refused once cert2 was used");
 
     // Rekey: new key, authenticated by the current certificate.
     let rekey = Csr::new(work.path(), "rekey", KeyType::P256, subject, &[san]);
-    let c2 = cert2.display().to_string();
     let response = post_csr(&server, None, "simplereenroll", &rekey.b64, &mtls(&c2, &k));
     assert_eq!(response.status, 200, "{}", response.text());
     let cert3 = work.path().join("3.pem");

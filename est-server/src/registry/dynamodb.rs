@@ -798,6 +798,7 @@ fn record(item: &Item) -> CertificateRecord {
         successor: opt_s(item, "successor"),
         issued_at: opt_n(item, "issued_at").unwrap_or(0),
         retired_at: opt_n(item, "retired_at"),
+        successor_proven: item.contains_key("proven"),
     }
 }
 

@@ -95,6 +95,20 @@ pub struct CertificateRecord {
     pub issued_at: i64,
     /// When it was retired in its CA (after being superseded), Unix seconds.
     pub retired_at: Option<i64>,
+    /// The successor has authenticated, so this certificate may be retired.
+    pub successor_proven: bool,
+}
+
+impl CertificateRecord {
+    /// Whether a renewal request authenticated by this superseded certificate
+    /// may be answered with its successor again: the successor was never used
+    /// and this certificate is not yet retired. That is a renewal whose
+    /// response was lost (a crash or a dropped connection between issuance
+    /// and installation); the device retries with the key it sent before and
+    /// gets the same certificate, and nothing new is issued.
+    pub fn may_replay_renewal(&self) -> bool {
+        self.state == CertState::Superseded && !self.successor_proven && self.retired_at.is_none()
+    }
 }
 
 /// State of a request held for approval.

@@ -711,7 +711,7 @@ impl Registry for SqliteRegistry {
 }
 
 const COLUMNS: &str = "serial, fingerprint, label, subject, san, not_before, not_after, auth, \
-                       predecessor, successor, state, issued_at, der, device_id, backend_ref, retired_at";
+                       predecessor, successor, state, issued_at, der, device_id, backend_ref, retired_at, proven";
 const PENDING_COLUMNS: &str = "id, label, subject, requested_by, state, created_at, issued_serial";
 const DEVICE_COLUMNS: &str = "id, token_hash, label, thing_name, policy, state, created_at, \
     enrolled_at, cert_serial, cert_id, cert_fingerprint, cert_not_after, failed_attempts, locked_until";
@@ -740,6 +740,7 @@ fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRecord> {
         state: CertState::parse(&row.get::<_, String>(10)?),
         issued_at: row.get(11)?,
         retired_at: row.get(15)?,
+        successor_proven: row.get::<_, i64>(16)? != 0,
     })
 }
 
