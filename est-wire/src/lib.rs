@@ -8,7 +8,8 @@
 //! * [`pkcs7`] — CMS `SignedData` "certs-only" bundles (encode and decode);
 //! * [`csrattrs`] — the `/csrattrs` response body;
 //! * [`media`] — media types and the header values that go with them;
-//! * [`pem`] — PEM helpers for certificates and keys.
+//! * [`pem`] — PEM helpers for certificates and keys;
+//! * [`rotation`] — MQTT rotation topics and payloads (server orchestrator ↔ device agent).
 //!
 //! ASN.1 structures come from RustCrypto's derived types (`x509-cert`, `cms`);
 //! nothing here is hand-encoded.
@@ -22,6 +23,7 @@ pub mod multipart;
 pub mod names;
 pub mod pem;
 pub mod pkcs7;
+pub mod rotation;
 
 pub use x509_cert::Certificate;
 
