@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::client::{ClientError, CsrSource, EstClient, EstClientConfig};
 use crate::files::{install_pair, read_certificate, recover_pair, sibling, write_atomic};
+use crate::mqtt::MqttConfig;
 use crate::policy::{with_jitter, AutoRenew};
 use crate::transport::{read_certs, read_key, ClientIdentity, ServerTrust};
 
@@ -53,6 +54,9 @@ pub struct RenewConfig {
     /// Fallback credentials for a first or lapsed enrollment.
     #[serde(default)]
     pub bootstrap: Option<Bootstrap>,
+    /// MQTT rotation agent (server-driven rotation), run by `est-client run`.
+    #[serde(default)]
+    pub mqtt: Option<MqttConfig>,
 }
 
 /// Credentials for `/simpleenroll` when there is no usable identity certificate.
@@ -104,6 +108,10 @@ impl RenewConfig {
             b.key.iter_mut().for_each(resolve);
             b.password_file.iter_mut().for_each(resolve);
         }
+        if let Some(m) = &mut config.mqtt {
+            m.broker_ca.iter_mut().for_each(resolve);
+            m.check().context("[mqtt]")?;
+        }
         config
             .key_algorithm
             .parse::<KeyAlgorithm>()
@@ -134,15 +142,31 @@ pub enum Outcome {
 /// Renews one device certificate according to a [`RenewConfig`].
 pub struct Renewer {
     config: RenewConfig,
+    install_lock: tokio::sync::Mutex<()>,
 }
 
 impl Renewer {
     /// Wraps a configuration.
     pub fn new(config: RenewConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            install_lock: tokio::sync::Mutex::new(()),
+        }
     }
 
-    fn anchors(&self) -> anyhow::Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    /// The configuration.
+    pub fn config(&self) -> &RenewConfig {
+        &self.config
+    }
+
+    /// The lock held across a whole renewal ([`Renewer::renew_once`]); anyone
+    /// else changing the certificate/key files (the MQTT agent) holds it too.
+    pub fn install_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.install_lock
+    }
+
+    /// The trust anchors (`trust` files) for servers and issued certificates.
+    pub fn anchors(&self) -> anyhow::Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
         let mut anchors = Vec::new();
         for path in &self.config.trust {
             anchors.extend(read_certs(path)?);
@@ -173,6 +197,7 @@ impl Renewer {
 
     /// Renews if due (or if `force`), installing the result.
     pub async fn renew_once(&self, force: bool) -> anyhow::Result<Outcome> {
+        let _installing = self.install_lock.lock().await;
         let cfg = &self.config;
         recover_pair(&cfg.cert, &cfg.key)?;
         let current = if cfg.cert.exists() {
@@ -189,17 +214,8 @@ impl Renewer {
             }
         }
 
-        let algorithm: KeyAlgorithm = cfg
-            .key_algorithm
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!(e))?;
-        let rotate = cfg.auto_renew.rotate_key || !cfg.key.exists();
+        let (key, rotate) = renewal_key(cfg, current.as_ref())?;
         let pending_key = sibling(&cfg.key, "pending");
-        let key = if rotate {
-            pending_or_new_key(&pending_key, current.as_ref(), algorithm)?
-        } else {
-            SigningKey::from_pem(&std::fs::read(&cfg.key)?)?
-        };
 
         let mut via_bootstrap = false;
         let issued = match &current {
@@ -327,7 +343,8 @@ impl Renewer {
         })
     }
 
-    fn run_hook(&self) {
+    /// Runs the configured `hook` (if any) after a new certificate was installed.
+    pub fn run_hook(&self) {
         let Some((program, args)) = self.config.hook.split_first() else {
             return;
         };
@@ -375,6 +392,26 @@ impl Renewer {
             Err(_) => Duration::from_secs(30),
         }
     }
+}
+
+/// The key to certify in a renewal of `current`, and whether it is a new one
+/// (`auto_renew.rotate_key`, or no key yet): a new key comes from
+/// [`pending_or_new_key`], otherwise it is the current key.
+pub(crate) fn renewal_key(
+    cfg: &RenewConfig,
+    current: Option<&Certificate>,
+) -> anyhow::Result<(SigningKey, bool)> {
+    let rotate = cfg.auto_renew.rotate_key || !cfg.key.exists();
+    let key = if rotate {
+        let algorithm: KeyAlgorithm = cfg
+            .key_algorithm
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?;
+        pending_or_new_key(&sibling(&cfg.key, "pending"), current, algorithm)?
+    } else {
+        SigningKey::from_pem(&std::fs::read(&cfg.key)?)?
+    };
+    Ok((key, rotate))
 }
 
 /// The key for a renewal with a new key. It is kept in `<key>.pending`

@@ -90,6 +90,29 @@ pub fn install_pair(
     Ok(())
 }
 
+/// Puts the pair kept as `.prev` by the last [`install_pair`] back in place
+/// (itself through [`install_pair`], so it is as crash-safe; the pair it
+/// replaces becomes the new `.prev`). The key is restored only when the last
+/// install changed it: `key.prev` is used only if the current key does not
+/// fit `cert.prev` and `key.prev` does.
+pub fn restore_previous_pair(cert_path: &Path, key_path: &Path) -> anyhow::Result<()> {
+    let cert_prev = sibling(cert_path, "prev");
+    let key_prev = sibling(key_path, "prev");
+    let cert_pem = fs::read_to_string(&cert_prev)
+        .with_context(|| format!("cannot read {}", cert_prev.display()))?;
+    let key_pem = if pair_matches(&cert_prev, key_path)? {
+        None
+    } else if pair_matches(&cert_prev, &key_prev)? {
+        Some(fs::read_to_string(&key_prev)?)
+    } else {
+        anyhow::bail!(
+            "no key fits {}: cannot restore the previous pair",
+            cert_prev.display()
+        );
+    };
+    install_pair(cert_path, key_path, &cert_pem, key_pem.as_deref())
+}
+
 /// What [`recover_pair`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Recovery {
@@ -219,6 +242,26 @@ mod tests {
             fs::metadata(&p.key).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    #[test]
+    fn the_previous_pair_can_be_restored() {
+        // With a new key: both come back.
+        let p = installed_old_pair();
+        install_pair(&p.cert, &p.key, &p.new_cert, Some(&p.new_key)).unwrap();
+        restore_previous_pair(&p.cert, &p.key).unwrap();
+        assert_eq!(fs::read_to_string(&p.cert).unwrap(), p.old_cert);
+        assert_eq!(fs::read_to_string(&p.key).unwrap(), p.old_key);
+        assert_eq!(recover_pair(&p.cert, &p.key).unwrap(), Recovery::Consistent);
+
+        // Same key (certificate only): a stale key.prev is left alone.
+        let p = installed_old_pair();
+        install_pair(&p.cert, &p.key, &p.new_cert, Some(&p.new_key)).unwrap();
+        let renewed_same_key = p.new_cert.clone();
+        install_pair(&p.cert, &p.key, &renewed_same_key, None).unwrap();
+        restore_previous_pair(&p.cert, &p.key).unwrap();
+        assert_eq!(fs::read_to_string(&p.key).unwrap(), p.new_key);
+        assert!(pair_matches(&p.cert, &p.key).unwrap());
     }
 
     #[test]

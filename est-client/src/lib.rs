@@ -8,6 +8,7 @@
 //! * [`policy`] — when a certificate is due for renewal (threshold / retry, as
 //!   Azure IoT Edge's `auto_renew`);
 //! * [`daemon`] — the renewal loop;
+//! * [`mqtt`] — the MQTT rotation agent (server-driven rotation);
 //! * [`verify`] — checking an issued certificate against the trust anchors.
 //!
 //! Wire formats (CSR, PKCS#7, base64) come from `est-wire`, shared with the server.
@@ -15,6 +16,7 @@
 pub mod client;
 pub mod daemon;
 pub mod files;
+pub mod mqtt;
 pub mod policy;
 pub mod transport;
 pub mod verify;

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context;
@@ -13,6 +14,7 @@ use est_client::daemon::{
     escape_rdn, hex_serial, spec_from, validity, Outcome, RenewConfig, Renewer,
 };
 use est_client::files::{install_pair, read_certificate, recover_pair, write_atomic};
+use est_client::mqtt::MqttAgent;
 use est_client::policy::lifetime_used;
 use est_client::transport::{read_certs, read_key, ClientIdentity, ServerTrust};
 use est_wire::csr::CsrSpec;
@@ -160,6 +162,13 @@ enum Command {
         #[arg(long, conflicts_with = "daemon")]
         force: bool,
     },
+    /// Run until SIGTERM/SIGINT: the renewal daemon, plus the MQTT rotation
+    /// agent when the config has an [mqtt] section.
+    Run {
+        /// Renewal config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -250,6 +259,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             daemon,
             force,
         } => renew(&config, daemon, force).await,
+        Command::Run { config } => run_agents(&config).await,
     }
 }
 
@@ -486,6 +496,32 @@ async fn renew(config: &Path, daemon: bool, force: bool) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// The renewal daemon and (if configured) the MQTT agent, until a signal.
+async fn run_agents(config: &Path) -> anyhow::Result<u8> {
+    let renewer = Arc::new(Renewer::new(RenewConfig::load(config)?));
+    let agent = MqttAgent::new(Arc::clone(&renewer))?;
+    if agent.is_none() {
+        tracing::info!("no [mqtt] section: running the renewal daemon only");
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    tokio::join!(
+        async {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        },
+        renewer.run(until_stopped(stopped.clone())),
+        async {
+            if let Some(agent) = agent {
+                agent.run(until_stopped(stopped.clone())).await;
+            }
+        },
+    );
+    Ok(0)
 }
 
 async fn shutdown_signal() {
