@@ -61,6 +61,73 @@ pub struct Config {
     /// How often superseded certificates are checked for retirement.
     #[serde(default = "default_sweep_interval", with = "duration_text")]
     pub retire_sweep_interval: Duration,
+    /// Plain-HTTP admin listener for `/metrics`, `/healthz`, `/readyz` (off when absent).
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Server-driven rotation over MQTT (off when absent or `enabled = false`).
+    #[serde(default)]
+    pub rotation: Option<RotationConfig>,
+}
+
+/// The MQTT rotation orchestrator (see `est_wire::rotation` for the topics).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotationConfig {
+    /// Turns the orchestrator on in `serve`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Broker `host:port`; the connection is always TLS with a client certificate.
+    pub broker: String,
+    /// PEM trust anchors for the broker's certificate (default: the local CA).
+    #[serde(default)]
+    pub broker_ca: Option<PathBuf>,
+    /// The orchestrator's client certificate (PEM). When absent with `key`,
+    /// the local CA issues one (CN = `client_id`) into the CA directory.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// MQTT client id of the orchestrator.
+    #[serde(default = "default_rotation_client_id")]
+    pub client_id: String,
+    /// Topic prefix; topics are `{prefix}/{clientId}/csr_req` and so on.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Certificates ending within this window are rotated by the scheduled audit.
+    #[serde(default = "default_expiring_within", with = "duration_text")]
+    pub expiring_within: Duration,
+    /// How often the audit runs.
+    #[serde(default = "default_audit_interval", with = "duration_text")]
+    pub audit_interval: Duration,
+    /// Wait before asking an unanswering device again; doubles per attempt, up to a day.
+    #[serde(default = "default_rotation_retry", with = "duration_text")]
+    pub retry_after: Duration,
+    /// Most rotations waiting for a device at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// URL that receives a JSON POST for every `crt_err` (http or https).
+    #[serde(default)]
+    pub webhook: Option<String>,
+}
+
+fn default_rotation_client_id() -> String {
+    "est-server-rotation".into()
+}
+fn default_topic_prefix() -> String {
+    est_wire::rotation::DEFAULT_PREFIX.into()
+}
+fn default_expiring_within() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+fn default_audit_interval() -> Duration {
+    Duration::from_secs(3_600)
+}
+fn default_rotation_retry() -> Duration {
+    Duration::from_secs(3_600)
+}
+fn default_max_in_flight() -> usize {
+    100
 }
 
 fn default_sweep_interval() -> Duration {
@@ -387,6 +454,20 @@ impl Config {
         };
         resolve_label(&mut self.enroll);
         self.labels.values_mut().for_each(resolve_label);
+        if let Some(rotation) = &mut self.rotation {
+            for path in [
+                &mut rotation.broker_ca,
+                &mut rotation.cert,
+                &mut rotation.key,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
         self.data_dir = Some(base.to_path_buf());
     }
 
@@ -415,6 +496,24 @@ impl Config {
                     user.name
                 )
             })?;
+        }
+        if let Some(rotation) = &self.rotation {
+            if rotation.cert.is_some() != rotation.key.is_some() {
+                bail!(
+                    "rotation: set both cert and key, or neither (the local CA then issues them)"
+                );
+            }
+            if !est_wire::rotation::valid_client_id(&rotation.client_id) {
+                bail!("rotation.client_id: not a valid MQTT client id");
+            }
+            if rotation.broker.rsplit_once(':').is_none() {
+                bail!("rotation.broker: expected host:port");
+            }
+            if let Some(url) = &rotation.webhook {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    bail!("rotation.webhook: expected an http:// or https:// URL");
+                }
+            }
         }
         if self.registry.kind == RegistryKind::Dynamodb && cfg!(not(feature = "aws")) {
             bail!("registry.kind: this build has no DynamoDB support (built without the `aws` feature)");

@@ -16,9 +16,10 @@ use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::Certificate;
 use zeroize::Zeroizing;
 
-use crate::auth::{superseded_reason, Authenticator, Credentials, Principal};
+use crate::auth::{superseded_reason, Authenticator, ClientCertificate, Credentials, Principal};
 use crate::config::{ChannelBinding, LabelConfig};
 use crate::error::EstError;
+use crate::metrics::Metrics;
 use crate::registry::{
     unix_now, unix_seconds, CertState, CertificateRecord, DeviceClaim, NewCertificate,
     PendingRequest, PendingState, Registry, RegistryError,
@@ -82,14 +83,20 @@ pub struct Enrolled {
 pub struct EnrollService {
     authenticator: Authenticator,
     registry: Arc<dyn Registry>,
+    metrics: Arc<Metrics>,
 }
 
 impl EnrollService {
     /// Builds the service.
-    pub fn new(authenticator: Authenticator, registry: Arc<dyn Registry>) -> Self {
+    pub fn new(
+        authenticator: Authenticator,
+        registry: Arc<dyn Registry>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             authenticator,
             registry,
+            metrics,
         }
     }
 
@@ -109,7 +116,41 @@ impl EnrollService {
         let csr_der = est_wire::body::decode(request.body)?;
         let csr = Csr::from_der(&csr_der)?;
         check_channel_binding(label.config.channel_binding, &csr, request.channel_binding)?;
+        self.enroll_as(label, request.operation, principal, csr)
+            .await
+    }
 
+    /// Renews the certificate `record` from a CSR that arrived outside EST
+    /// (the MQTT rotation's `csr_res`), under the same rules as
+    /// `/simplereenroll` authenticated by that certificate: same subject and
+    /// names, one successor, same thing and policy.
+    pub async fn renew_for_rotation(
+        &self,
+        label: &Label,
+        record: CertificateRecord,
+        csr: Csr,
+    ) -> Result<Enrolled, EstError> {
+        let chain = vec![rustls_pki_types::CertificateDer::from(
+            record.certificate.der.clone(),
+        )];
+        let certificate = ClientCertificate::from_chain(chain)
+            .ok_or_else(|| EstError::internal("a recorded certificate does not parse"))?;
+        let principal = Principal::Identity {
+            certificate,
+            record: Box::new(record),
+        };
+        self.enroll_as(label, Operation::SimpleReenroll, principal, csr)
+            .await
+    }
+
+    /// Everything after authentication: authorize → (approve) → issue → record.
+    async fn enroll_as(
+        &self,
+        label: &Label,
+        operation: Operation,
+        principal: Principal,
+        csr: Csr,
+    ) -> Result<Enrolled, EstError> {
         let renewal_of = authorize(&principal, &csr, label)?;
         if let Principal::Identity { record, .. } = &principal {
             if record.state != CertState::Active {
@@ -119,7 +160,7 @@ impl EnrollService {
         let pending_id = match (&renewal_of, label.config.require_approval) {
             (None, true) => match self.approval(label, &csr, &principal).await? {
                 Approval::Approved(id) => Some(id),
-                Approval::AlreadyIssued(_) if request.operation == Operation::ServerKeyGen => {
+                Approval::AlreadyIssued(_) if operation == Operation::ServerKeyGen => {
                     return Err(EstError::Forbidden(
                         "this request was already answered with a generated key, which is not kept; send a new request".into(),
                     ))
@@ -142,7 +183,7 @@ impl EnrollService {
             renewal_of: renewal_of.map(|(_, cert)| cert),
             binding: binding.as_ref(),
         };
-        let issued = if request.operation == Operation::ServerKeyGen {
+        let issued = if operation == Operation::ServerKeyGen {
             label
                 .backend
                 .issue_with_generated_key(issue_request)
@@ -155,6 +196,7 @@ impl EnrollService {
             Ok(pair) => pair,
             Err(e) => {
                 self.release(&reservation).await;
+                self.metrics.backend_error(label.registry_name());
                 return Err(e.into());
             }
         };

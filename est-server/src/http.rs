@@ -25,6 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 use crate::auth::{ClientCertificate, Credentials};
 use crate::config::Limits;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub local_ca: Arc<ca_backends::local::LocalCa>,
     /// Source of request ids for logs and 5xx bodies.
     pub next_request_id: AtomicU64,
+    /// Prometheus series.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Per-connection facts.
@@ -177,9 +180,22 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let request_id = state.next_request_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("request", id = request_id);
+    handle_in_span(state, connection, request, request_id)
+        .instrument(span)
+        .await
+}
+
+async fn handle_in_span(
+    state: &AppState,
+    connection: &Connection,
+    request: Request<Incoming>,
+    request_id: u64,
+) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let measured = enrollment_metric_labels(state, method.as_str(), &path);
     let response = if path == CVM_PATH {
         cvm(state, connection, request, request_id).await
     } else if path == CRL_PATH && request.method() == hyper::Method::GET {
@@ -194,6 +210,11 @@ async fn handle(
         }
     };
     let status = response.status().as_u16();
+    if let Some((label, operation)) = measured {
+        state
+            .metrics
+            .enrollment(label, operation, status, started.elapsed());
+    }
     if status >= 500 {
         tracing::error!(request_id, peer = %connection.peer, %method, %path, status, "request failed");
     } else {
@@ -208,6 +229,29 @@ async fn handle(
         );
     }
     finish(state, response)
+}
+
+/// `(label, operation)` when the request is an enrollment on a configured
+/// label (so metric labels cannot be made up by clients).
+fn enrollment_metric_labels<'s>(
+    state: &'s AppState,
+    method: &str,
+    path: &str,
+) -> Option<(&'s str, &'static str)> {
+    if path == CVM_PATH {
+        let label = state.cvm_label.as_deref()?;
+        let (name, _) = state.labels.get_key_value(label)?;
+        return Some((name.as_str(), "cvm"));
+    }
+    let route = route(method, path).ok()?;
+    let operation = match route.operation {
+        Operation::SimpleEnroll => "simpleenroll",
+        Operation::SimpleReenroll => "simplereenroll",
+        Operation::ServerKeyGen => "serverkeygen",
+        Operation::CaCerts | Operation::CsrAttrs => return None,
+    };
+    let (name, _) = state.labels.get_key_value(route.label.unwrap_or(""))?;
+    Some((name.as_str(), operation))
 }
 
 async fn dispatch(

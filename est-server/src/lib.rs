@@ -3,7 +3,10 @@
 //! The request path reads top to bottom: [`http`] (TLS, HTTP/1.1, limits,
 //! media types) → [`router`] → [`enroll`] (authenticate via [`auth`],
 //! parse, authorize, approve, issue via a `ca_backends::CaBackend`, record in
-//! [`registry`]) → back to [`http`] to encode the answer.
+//! [`registry`]) → back to [`http`] to encode the answer. Beside it:
+//! [`rotation`] (server-driven rotation over MQTT, through the same
+//! enrollment service), [`retirement`] (the sweeper) and [`metrics`]
+//! (Prometheus series and the admin listener).
 
 pub mod auth;
 pub mod config;
@@ -16,8 +19,10 @@ pub mod error;
 pub mod fuzzing;
 pub mod header_case;
 pub mod http;
+pub mod metrics;
 pub mod registry;
 pub mod retirement;
+pub mod rotation;
 pub mod router;
 pub mod server;
 pub mod tls;

@@ -17,6 +17,9 @@ use std::sync::Arc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: text or json (one object per line, with the request id).
+    #[arg(long, global = true, env = "EST_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -60,6 +63,26 @@ enum Command {
         target: Target,
         #[command(subcommand)]
         action: RegistryAction,
+    },
+    /// Ask devices over MQTT to rotate certificates expiring within a window
+    /// (the running server's orchestrator handles their answers).
+    Rotate {
+        #[command(flatten)]
+        target: Target,
+        /// Rotate active certificates that expire within this window (e.g. 30d).
+        #[arg(long, value_parser = parse_duration)]
+        expiring_within: std::time::Duration,
+        /// Only this device (MQTT client id = certificate CN); ignores its back-off.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Show the MQTT rotation state of every device.
+    Rotations {
+        #[command(flatten)]
+        target: Target,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Fleet-wide expiry audit (like Device Defender's DEVICE_CERTIFICATE_EXPIRING_CHECK).
     Audit {
@@ -211,14 +234,21 @@ enum CertsAction {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EST_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -281,6 +311,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             expiring_within,
             json,
         } => audit(target, expiring_within, json).await,
+        Command::Rotate {
+            target,
+            expiring_within,
+            device,
+        } => rotate(target, expiring_within, device).await,
+        Command::Rotations { target, json } => rotations(target, json).await,
     }
 }
 
@@ -647,4 +683,131 @@ async fn create_table(target: Target) -> anyhow::Result<()> {
 #[cfg(not(feature = "aws"))]
 async fn create_table(_: Target) -> anyhow::Result<()> {
     anyhow::bail!("this build has no DynamoDB support")
+}
+
+async fn rotate(
+    target: Target,
+    window: std::time::Duration,
+    device: Option<String>,
+) -> anyhow::Result<()> {
+    use est_server::rotation::{mqtt, Auditor};
+    use rumqttc::{Event, Packet};
+    let config = target.config()?;
+    let rotation = config
+        .rotation
+        .clone()
+        .context("the config has no [rotation] section")?;
+    if !rotation.enabled {
+        eprintln!(
+            "note: rotation.enabled is false, so no running server handles the devices' answers"
+        );
+    }
+    let ca = est_server::server::open_ca(&config)?;
+    let registry = est_server::server::open_registry(&config).await?;
+    let pair = mqtt::client_pair(&rotation, &ca, &config.ca.dir)?;
+    let trust = est_server::server::broker_trust(&rotation, &ca)?;
+    let client_id = format!("{}-cli-{}", rotation.client_id, std::process::id());
+    let (client, mut events) = mqtt::connect(&rotation, &client_id, true, &trust, &pair)?;
+    // Drive the connection until it is up.
+    let connected = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(anyhow::anyhow!("MQTT broker {}: {e}", rotation.broker)),
+            }
+        }
+    });
+    connected
+        .await
+        .context("MQTT broker did not answer within 15 s")??;
+    let topics = est_wire::rotation::Topics::new(&rotation.topic_prefix);
+    let auditor = Auditor {
+        registry: &*registry,
+        client: &client,
+        topics: &topics,
+        config: &rotation,
+    };
+    // Publishing queues into the event loop, so poll it while auditing.
+    let audit = auditor.audit(window, device.as_deref());
+    tokio::pin!(audit);
+    let mut acked = 0usize;
+    let report = loop {
+        tokio::select! {
+            report = &mut audit => break report?,
+            event = events.poll() => {
+                if let Ok(Event::Incoming(Packet::PubAck(_))) = event {
+                    acked += 1;
+                } else if let Err(e) = event {
+                    anyhow::bail!("MQTT broker {}: {e}", rotation.broker);
+                }
+            }
+        }
+    };
+    let delivered = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while acked < report.requested.len() {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => return Err(anyhow::anyhow!("MQTT broker {}: {e}", rotation.broker)),
+            }
+        }
+        Ok(())
+    });
+    delivered
+        .await
+        .context("the broker did not confirm every csr_req within 30 s")??;
+    let _ = client.disconnect().await;
+    for id in &report.requested {
+        println!("requested  {id}");
+    }
+    println!(
+        "{} devices asked for a CSR, {} backing off, {} deferred (max_in_flight), {} without a client id",
+        report.requested.len(),
+        report.backing_off,
+        report.deferred,
+        report.without_client_id
+    );
+    Ok(())
+}
+
+async fn rotations(target: Target, json: bool) -> anyhow::Result<()> {
+    let registry = target.registry().await?;
+    let all = registry.list_rotations(usize::MAX).await?;
+    if json {
+        let items: Vec<serde_json::Value> = all
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "clientId": r.client_id,
+                    "serial": r.serial,
+                    "state": r.state.as_str(),
+                    "attempts": r.attempts,
+                    "lastError": r.last_error,
+                    "newSerial": r.new_serial,
+                    "requestedAt": format_time(r.requested_at),
+                    "updatedAt": format_time(r.updated_at),
+                    "nextAttemptAt": format_time(r.next_attempt_at),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("no rotations");
+    }
+    for r in all {
+        println!(
+            "{:<24} {:<12} attempts={} serial={} new={} updated={} error={}",
+            r.client_id,
+            r.state.as_str(),
+            r.attempts,
+            r.serial,
+            r.new_serial.as_deref().unwrap_or("-"),
+            format_time(r.updated_at),
+            r.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
 }

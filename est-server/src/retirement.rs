@@ -35,7 +35,8 @@ pub async fn sweep(state: Arc<AppState>, registry: Arc<dyn Registry>, interval: 
     }
 }
 
-async fn retire_one(
+/// Retires one superseded certificate in its backend and records it.
+pub async fn retire_one(
     registry: &dyn Registry,
     backend: &dyn ca_backends::CaBackend,
     record: &CertificateRecord,

@@ -123,7 +123,8 @@ pub async fn run(
         registry.clone(),
         config.limits.clone(),
     );
-    let enroll = EnrollService::new(authenticator, registry.clone());
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let enroll = EnrollService::new(authenticator, registry.clone(), metrics.clone());
     let header_case = crate::header_case::template().await?;
     let state = Arc::new(AppState {
         labels,
@@ -135,12 +136,33 @@ pub async fn run(
         registry: registry.clone(),
         local_ca: ca.clone(),
         next_request_id: std::sync::atomic::AtomicU64::new(1),
+        metrics: metrics.clone(),
     });
     tokio::spawn(crate::retirement::sweep(
         state.clone(),
         registry,
         config.retire_sweep_interval,
     ));
+
+    if let Some(address) = config.admin_listen {
+        let (metrics, registry) = (metrics.clone(), state.registry.clone());
+        let listener = crate::metrics::serve_admin(address, metrics, registry);
+        tokio::spawn(async move {
+            if let Err(e) = listener.await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
+    if let Some(rotation) = config.rotation.clone().filter(|r| r.enabled) {
+        let pair = crate::rotation::mqtt::client_pair(&rotation, &ca, &config.ca.dir)?;
+        let trust = broker_trust(&rotation, &ca)?;
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::rotation::run(state, rotation, trust, pair).await {
+                tracing::error!(error = %format!("{e:#}"), "rotation orchestrator stopped");
+            }
+        });
+    }
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -151,6 +173,24 @@ pub async fn run(
     crate::http::serve(state, listener, tls.server_config, shutdown).await;
     tracing::info!("EST server stopped");
     Ok(())
+}
+
+/// PEM trust anchors for the MQTT broker: `broker_ca`, or the local CA chain.
+pub fn broker_trust(
+    rotation: &crate::config::RotationConfig,
+    ca: &LocalCa,
+) -> anyhow::Result<Vec<u8>> {
+    match &rotation.broker_ca {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("rotation.broker_ca {}", path.display()))
+        }
+        None => Ok(ca
+            .chain()
+            .iter()
+            .map(est_wire::pem::certificate_to_pem)
+            .collect::<String>()
+            .into_bytes()),
+    }
 }
 
 async fn label(

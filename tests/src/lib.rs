@@ -5,10 +5,16 @@
 //! The binary is `target/debug/est-server` (or `$EST_SERVER_BIN`); the README
 //! test command builds it before the tests run.
 
+pub mod device;
+pub mod mosquitto;
+
+pub use device::*;
+pub use mosquitto::Mosquitto;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Path of the server binary under test.
@@ -108,6 +114,7 @@ pub struct Server {
     pub addr: String,
     child: Child,
     log: PathBuf,
+    admin: Arc<Mutex<Option<String>>>,
 }
 
 impl Server {
@@ -159,10 +166,14 @@ impl Server {
             .expect("start est-server");
         let stdout = child.stdout.take().unwrap();
         let (sender, receiver) = std::sync::mpsc::channel();
+        let admin = Arc::new(Mutex::new(None));
+        let admin_seen = admin.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("listening on ") {
                     let _ = sender.send(addr.to_owned());
+                } else if let Some(addr) = line.strip_prefix("admin listening on ") {
+                    *admin_seen.lock().unwrap() = Some(addr.to_owned());
                 }
             }
         });
@@ -181,6 +192,22 @@ impl Server {
             addr,
             child,
             log,
+            admin,
+        }
+    }
+
+    /// The admin listener's address (`admin_listen` in the config), once it is up.
+    pub fn admin_addr(&self) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(addr) = self.admin.lock().unwrap().clone() {
+                return addr;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no admin listener"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

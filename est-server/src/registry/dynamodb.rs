@@ -21,7 +21,7 @@ use aws_sdk_dynamodb::Client;
 
 use super::{
     unix_now, CertState, CertificateRecord, Device, DeviceClaim, DeviceState, NewCertificate,
-    NewDevice, PendingRequest, PendingState, Registry, RegistryError,
+    NewDevice, PendingRequest, PendingState, Registry, RegistryError, Rotation, RotationState,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -430,6 +430,31 @@ impl Registry for DynamoDbRegistry {
         Ok(items.iter().map(record).collect())
     }
 
+    async fn count_expiring_before(&self, before: i64) -> Result<u64, RegistryError> {
+        let mut count = 0u64;
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name("expiry")
+                .key_condition_expression("gsi_state = :active AND not_after < :before")
+                .expression_attribute_values(":active", s("active"))
+                .expression_attribute_values(":before", n(before))
+                .select(aws_sdk_dynamodb::types::Select::Count)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk("Query", e))?;
+            count += out.count.max(0) as u64;
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(count);
+            }
+        }
+    }
+
     async fn revoke(&self, serial: &str) -> Result<(), RegistryError> {
         let changed = self
             .update(
@@ -746,6 +771,147 @@ impl Registry for DynamoDbRegistry {
         )
         .await?;
         Ok(())
+    }
+
+    async fn reinstate_predecessor(
+        &self,
+        predecessor: &str,
+        successor: &str,
+    ) -> Result<(), RegistryError> {
+        let refused = || RegistryError::PredecessorNotActive(predecessor.to_owned());
+        let old = self
+            .get(format!("cert#{predecessor}"))
+            .await?
+            .map(|item| record(&item))
+            .ok_or_else(refused)?;
+        let now = unix_now();
+        let revoke = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(format!("cert#{successor}")))
+            .update_expression("SET #st = :revoked, revoked_at = :now REMOVE gsi_state")
+            .condition_expression("#st = :active")
+            .expression_attribute_names("#st", "state")
+            .expression_attribute_values(":revoked", s("revoked"))
+            .expression_attribute_values(":active", s("active"))
+            .expression_attribute_values(":now", n(now))
+            .build()
+            .map_err(build)?;
+        let reinstate = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(format!("cert#{predecessor}")))
+            .update_expression(
+                "SET #st = :active, gsi_state = :active \
+                 REMOVE successor, superseded_at, retire_label, proven",
+            )
+            .condition_expression(
+                "#st = :superseded AND successor = :new AND attribute_not_exists(retired_at)",
+            )
+            .expression_attribute_names("#st", "state")
+            .expression_attribute_values(":active", s("active"))
+            .expression_attribute_values(":superseded", s("superseded"))
+            .expression_attribute_values(":new", s(successor))
+            .build()
+            .map_err(build)?;
+        let mut items = vec![
+            TransactWriteItem::builder().update(revoke).build(),
+            TransactWriteItem::builder().update(reinstate).build(),
+        ];
+        if let Some(device) = &old.certificate.device_id {
+            let mut update = Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(format!("device#{device}")))
+                .condition_expression("cert_serial = :new")
+                .expression_attribute_values(":new", s(successor))
+                .expression_attribute_values(":serial", s(predecessor))
+                .expression_attribute_values(":fp", s(&old.certificate.fingerprint))
+                .expression_attribute_values(":na", n(old.certificate.not_after));
+            let mut expression =
+                "SET cert_serial = :serial, cert_fingerprint = :fp, cert_not_after = :na"
+                    .to_owned();
+            if let Some(id) = &old.certificate.backend_ref {
+                expression.push_str(", cert_id = :cid");
+                update = update.expression_attribute_values(":cid", s(id));
+            }
+            let update = update
+                .update_expression(expression)
+                .build()
+                .map_err(build)?;
+            items.push(TransactWriteItem::builder().update(update).build());
+        }
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(service))
+                if service.err().is_transaction_canceled_exception() =>
+            {
+                Err(refused())
+            }
+            Err(e) => Err(sdk("TransactWriteItems", e)),
+        }
+    }
+
+    async fn rotation(&self, client_id: &str) -> Result<Option<Rotation>, RegistryError> {
+        Ok(self
+            .get(format!("rotation#{client_id}"))
+            .await?
+            .map(|item| rotation(&item)))
+    }
+
+    async fn save_rotation(&self, rotation: Rotation) -> Result<(), RegistryError> {
+        let mut item = Item::new();
+        item.insert("pk".into(), s(format!("rotation#{}", rotation.client_id)));
+        item.insert("client_id".into(), s(&rotation.client_id));
+        item.insert("serial".into(), s(&rotation.serial));
+        item.insert("state".into(), s(rotation.state.as_str()));
+        item.insert("attempts".into(), n(rotation.attempts.into()));
+        if let Some(error) = &rotation.last_error {
+            item.insert("last_error".into(), s(error));
+        }
+        if let Some(serial) = &rotation.new_serial {
+            item.insert("new_serial".into(), s(serial));
+        }
+        item.insert("requested_at".into(), n(rotation.requested_at));
+        item.insert("updated_at".into(), n(rotation.updated_at));
+        item.insert("next_attempt_at".into(), n(rotation.next_attempt_at));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| sdk("PutItem", e))?;
+        Ok(())
+    }
+
+    async fn list_rotations(&self, limit: usize) -> Result<Vec<Rotation>, RegistryError> {
+        let mut rotations: Vec<Rotation> = self
+            .scan_prefix("rotation#")
+            .await?
+            .iter()
+            .map(rotation)
+            .collect();
+        rotations.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        rotations.truncate(limit);
+        Ok(rotations)
+    }
+}
+
+fn rotation(item: &Item) -> Rotation {
+    Rotation {
+        client_id: opt_s(item, "client_id").unwrap_or_default(),
+        serial: opt_s(item, "serial").unwrap_or_default(),
+        state: RotationState::parse(&opt_s(item, "state").unwrap_or_default()),
+        attempts: opt_n(item, "attempts").unwrap_or(0) as u32,
+        last_error: opt_s(item, "last_error"),
+        new_serial: opt_s(item, "new_serial"),
+        requested_at: opt_n(item, "requested_at").unwrap_or(0),
+        updated_at: opt_n(item, "updated_at").unwrap_or(0),
+        next_attempt_at: opt_n(item, "next_attempt_at").unwrap_or(0),
     }
 }
 

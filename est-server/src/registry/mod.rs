@@ -171,6 +171,78 @@ pub struct PendingRequest {
     pub issued_serial: Option<String>,
 }
 
+/// Where a server-driven (MQTT) rotation of one device stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationState {
+    /// `csr_req` published; waiting for the device's CSR.
+    Requested,
+    /// Successor issued and sent (`crt_res`); waiting for `crt_ack`.
+    Issued,
+    /// The device acknowledged; the predecessor is retired.
+    Acknowledged,
+    /// The device reported `crt_err` (or issuance failed); the old certificate stays.
+    Failed,
+}
+
+impl RotationState {
+    /// Every state, for metrics.
+    pub const ALL: [RotationState; 4] = [
+        Self::Requested,
+        Self::Issued,
+        Self::Acknowledged,
+        Self::Failed,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Issued => "issued",
+            Self::Acknowledged => "acknowledged",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored name (unknown names read as failed).
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "requested" => Self::Requested,
+            "issued" => Self::Issued,
+            "acknowledged" => Self::Acknowledged,
+            _ => Self::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for RotationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The rotation record of one device (MQTT client id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// MQTT client id: the certificate's common name.
+    pub client_id: String,
+    /// Serial of the certificate being replaced.
+    pub serial: String,
+    /// Where it stands.
+    pub state: RotationState,
+    /// `csr_req` messages sent for this certificate.
+    pub attempts: u32,
+    /// The last error (device `crt_err` or a refused `csr_res`).
+    pub last_error: Option<String>,
+    /// Serial of the successor, once issued.
+    pub new_serial: Option<String>,
+    /// First `csr_req` for this certificate, Unix seconds.
+    pub requested_at: i64,
+    /// Last change, Unix seconds.
+    pub updated_at: i64,
+    /// The next audit may ask again from then on, Unix seconds.
+    pub next_attempt_at: i64,
+}
+
 /// Why a registry operation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -329,6 +401,9 @@ pub trait Registry: Send + Sync {
         limit: usize,
     ) -> Result<Vec<CertificateRecord>, RegistryError>;
 
+    /// How many active certificates end before `before` (Unix seconds).
+    async fn count_expiring_before(&self, before: i64) -> Result<u64, RegistryError>;
+
     /// Marks a certificate revoked.
     async fn revoke(&self, serial: &str) -> Result<(), RegistryError>;
 
@@ -404,6 +479,25 @@ pub trait Registry: Send + Sync {
 
     /// Gives a reservation back (the token stays usable).
     async fn release_device(&self, id: &str, owner: &str) -> Result<(), RegistryError>;
+
+    /// Undoes a renewal the device could not use: `successor` (which must
+    /// still be active and the successor of `predecessor`) becomes revoked and
+    /// `predecessor` (superseded, not retired) active again, with its device
+    /// pointing back at it.
+    async fn reinstate_predecessor(
+        &self,
+        predecessor: &str,
+        successor: &str,
+    ) -> Result<(), RegistryError>;
+
+    /// The rotation record of `client_id`, if any.
+    async fn rotation(&self, client_id: &str) -> Result<Option<Rotation>, RegistryError>;
+
+    /// Creates or replaces the rotation record of `rotation.client_id`.
+    async fn save_rotation(&self, rotation: Rotation) -> Result<(), RegistryError>;
+
+    /// Rotation records ordered by client id, at most `limit`.
+    async fn list_rotations(&self, limit: usize) -> Result<Vec<Rotation>, RegistryError>;
 }
 
 /// Seconds since the Unix epoch.

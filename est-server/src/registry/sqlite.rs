@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
     unix_now, CertState, CertificateRecord, Device, DeviceClaim, DeviceState, NewCertificate,
-    NewDevice, PendingRequest, PendingState, Registry, RegistryError,
+    NewDevice, PendingRequest, PendingState, Registry, RegistryError, Rotation, RotationState,
 };
 
 /// The SQLite registry. Cheap to clone.
@@ -123,6 +123,17 @@ CREATE TABLE IF NOT EXISTS pending_requests (
     created_at    INTEGER NOT NULL,
     decided_at    INTEGER,
     issued_serial TEXT
+);
+CREATE TABLE IF NOT EXISTS rotations (
+    client_id       TEXT PRIMARY KEY,
+    serial          TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    last_error      TEXT,
+    new_serial      TEXT,
+    requested_at    INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS devices (
     id               TEXT PRIMARY KEY,
@@ -402,6 +413,19 @@ impl Registry for SqliteRegistry {
                 "WHERE state = 'active' AND not_after < ?1 ORDER BY not_after LIMIT ?2",
                 params![before, limit as i64],
             )
+        })
+        .await
+    }
+
+    async fn count_expiring_before(&self, before: i64) -> Result<u64, RegistryError> {
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT COUNT(*) FROM certificates WHERE state = 'active' AND not_after < ?1",
+                [before],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(db)
         })
         .await
     }
@@ -708,6 +732,116 @@ impl Registry for SqliteRegistry {
         })
         .await
     }
+
+    async fn reinstate_predecessor(
+        &self,
+        predecessor: &str,
+        successor: &str,
+    ) -> Result<(), RegistryError> {
+        let (old, new) = (predecessor.to_owned(), successor.to_owned());
+        self.write(move |conn| {
+            let revoked = conn
+                .execute(
+                    "UPDATE certificates SET state = 'revoked', revoked_at = ?2
+                     WHERE serial = ?1 AND state = 'active' AND predecessor IS NOT NULL",
+                    params![new, unix_now()],
+                )
+                .map_err(db)?;
+            let reinstated = conn
+                .execute(
+                    "UPDATE certificates SET state = 'active', successor = NULL,
+                         superseded_at = NULL, proven = 0
+                     WHERE serial = ?1 AND state = 'superseded' AND successor = ?2
+                       AND retired_at IS NULL",
+                    params![old, new],
+                )
+                .map_err(db)?;
+            if revoked != 1 || reinstated != 1 {
+                return Err(RegistryError::PredecessorNotActive(old));
+            }
+            conn.execute(
+                "UPDATE devices SET (cert_serial, cert_fingerprint, cert_not_after, cert_id) =
+                     (SELECT serial, fingerprint, not_after, COALESCE(backend_ref, devices.cert_id)
+                      FROM certificates WHERE serial = ?1)
+                 WHERE cert_serial = ?2",
+                params![old, new],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rotation(&self, client_id: &str) -> Result<Option<Rotation>, RegistryError> {
+        let client_id = client_id.to_owned();
+        self.with(move |conn| {
+            conn.query_row(
+                &format!("SELECT {ROTATION_COLUMNS} FROM rotations WHERE client_id = ?1"),
+                [client_id],
+                read_rotation,
+            )
+            .optional()
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn save_rotation(&self, rotation: Rotation) -> Result<(), RegistryError> {
+        self.write(move |conn| {
+            conn.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO rotations ({ROTATION_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                ),
+                params![
+                    rotation.client_id,
+                    rotation.serial,
+                    rotation.state.as_str(),
+                    rotation.attempts,
+                    rotation.last_error,
+                    rotation.new_serial,
+                    rotation.requested_at,
+                    rotation.updated_at,
+                    rotation.next_attempt_at,
+                ],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_rotations(&self, limit: usize) -> Result<Vec<Rotation>, RegistryError> {
+        self.with(move |conn| {
+            let mut statement = conn
+                .prepare_cached(&format!(
+                    "SELECT {ROTATION_COLUMNS} FROM rotations ORDER BY client_id LIMIT ?1"
+                ))
+                .map_err(db)?;
+            let rows = statement
+                .query_map([limit as i64], read_rotation)
+                .map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+        .await
+    }
+}
+
+const ROTATION_COLUMNS: &str = "client_id, serial, state, attempts, last_error, new_serial, \
+    requested_at, updated_at, next_attempt_at";
+
+fn read_rotation(row: &rusqlite::Row<'_>) -> rusqlite::Result<Rotation> {
+    Ok(Rotation {
+        client_id: row.get(0)?,
+        serial: row.get(1)?,
+        state: RotationState::parse(&row.get::<_, String>(2)?),
+        attempts: row.get(3)?,
+        last_error: row.get(4)?,
+        new_serial: row.get(5)?,
+        requested_at: row.get(6)?,
+        updated_at: row.get(7)?,
+        next_attempt_at: row.get(8)?,
+    })
 }
 
 const COLUMNS: &str = "serial, fingerprint, label, subject, san, not_before, not_after, auth, \

@@ -1,0 +1,290 @@
+//! Prometheus metrics, and the admin listener that serves them with
+//! `/healthz` and `/readyz`.
+//!
+//! Series (all prefixed `est_`):
+//! * `enrollments_total{label,operation,status}` — EST enrollment answers;
+//! * `enrollment_duration_seconds{label,operation}` — their latency;
+//! * `backend_errors_total{label}` — CA backend failures;
+//! * `certificates_expiring{within}` — active certificates ending within 7 and 30 days;
+//! * `rotations{state}` — MQTT rotation records by state;
+//! * `rotation_events_total{event}` — orchestrator events (requested, issued,
+//!   acknowledged, failed, refused, resent).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry as MetricRegistry;
+use tokio::net::TcpListener;
+
+use crate::registry::{unix_now, Registry, RotationState};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnrollmentLabels {
+    label: String,
+    operation: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    label: String,
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LabelOnly {
+    label: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Within {
+    within: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: String,
+}
+
+/// Every series the server exports, plus the readiness flags.
+pub struct Metrics {
+    registry: MetricRegistry,
+    enrollments: Family<EnrollmentLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
+    backend_errors: Family<LabelOnly, Counter>,
+    expiring: Family<Within, Gauge>,
+    rotations: Family<StateLabel, Gauge>,
+    rotation_events: Family<EventLabel, Counter>,
+    /// False while the rotation orchestrator is enabled but not connected.
+    pub broker_connected: AtomicBool,
+    /// Whether a rotation orchestrator runs (then readiness needs the broker).
+    pub rotation_enabled: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every series.
+    pub fn new() -> Self {
+        let mut registry = MetricRegistry::with_prefix("est");
+        let enrollments = Family::<EnrollmentLabels, Counter>::default();
+        registry.register(
+            "enrollments",
+            "EST enrollment answers by label, operation and HTTP status",
+            enrollments.clone(),
+        );
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+        });
+        registry.register(
+            "enrollment_duration_seconds",
+            "EST enrollment latency",
+            latency.clone(),
+        );
+        let backend_errors = Family::<LabelOnly, Counter>::default();
+        registry.register(
+            "backend_errors",
+            "CA backend failures by label",
+            backend_errors.clone(),
+        );
+        let expiring = Family::<Within, Gauge>::default();
+        registry.register(
+            "certificates_expiring",
+            "Active certificates whose validity ends within the window",
+            expiring.clone(),
+        );
+        let rotations = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "rotations",
+            "MQTT rotation records by state",
+            rotations.clone(),
+        );
+        let rotation_events = Family::<EventLabel, Counter>::default();
+        registry.register(
+            "rotation_events",
+            "MQTT rotation orchestrator events",
+            rotation_events.clone(),
+        );
+        Self {
+            registry,
+            enrollments,
+            latency,
+            backend_errors,
+            expiring,
+            rotations,
+            rotation_events,
+            broker_connected: AtomicBool::new(false),
+            rotation_enabled: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts one enrollment answer and its latency.
+    pub fn enrollment(&self, label: &str, operation: &str, status: u16, elapsed: Duration) {
+        self.enrollments
+            .get_or_create(&EnrollmentLabels {
+                label: label.to_owned(),
+                operation: operation.to_owned(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&LatencyLabels {
+                label: label.to_owned(),
+                operation: operation.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one CA backend failure.
+    pub fn backend_error(&self, label: &str) {
+        self.backend_errors
+            .get_or_create(&LabelOnly {
+                label: label.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one rotation orchestrator event.
+    pub fn rotation_event(&self, event: &str) {
+        self.rotation_events
+            .get_or_create(&EventLabel {
+                event: event.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Re-reads the registry-derived gauges.
+    pub async fn refresh(&self, registry: &dyn Registry) {
+        let now = unix_now();
+        for (within, days) in [("7d", 7), ("30d", 30)] {
+            match registry.count_expiring_before(now + days * 86_400).await {
+                Ok(count) => {
+                    self.expiring
+                        .get_or_create(&Within {
+                            within: within.to_owned(),
+                        })
+                        .set(count as i64);
+                }
+                Err(e) => tracing::warn!(error = %e, "metrics: registry unavailable"),
+            }
+        }
+        if let Ok(rotations) = registry.list_rotations(usize::MAX).await {
+            for state in RotationState::ALL {
+                let count = rotations.iter().filter(|r| r.state == state).count();
+                self.rotations
+                    .get_or_create(&StateLabel {
+                        state: state.as_str().to_owned(),
+                    })
+                    .set(count as i64);
+            }
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `address` (plain HTTP;
+/// bind it to a private interface). Prints `admin listening on <addr>`.
+pub async fn serve_admin(
+    address: SocketAddr,
+    metrics: Arc<Metrics>,
+    registry: Arc<dyn Registry>,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(address).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "admin listener (metrics, health)");
+    println!("admin listening on {local}");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let metrics = metrics.clone();
+                let registry = registry.clone();
+                async move { Ok::<_, Infallible>(admin(request, &metrics, &*registry).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn admin(
+    request: Request<Incoming>,
+    metrics: &Metrics,
+    registry: &dyn Registry,
+) -> Response<Full<Bytes>> {
+    match request.uri().path() {
+        "/metrics" => {
+            metrics.refresh(registry).await;
+            let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => match readiness(metrics, registry).await {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{reason}\n")),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Ready when the registry answers and, with rotation on, the broker is connected.
+async fn readiness(metrics: &Metrics, registry: &dyn Registry) -> Result<(), String> {
+    let probe = tokio::time::timeout(Duration::from_secs(5), registry.count_expiring_before(0));
+    match probe.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("registry unavailable: {e}")),
+        Err(_) => return Err("registry did not answer within 5 s".into()),
+    }
+    if metrics.rotation_enabled.load(Ordering::Relaxed)
+        && !metrics.broker_connected.load(Ordering::Relaxed)
+    {
+        return Err("rotation enabled but the MQTT broker is not connected".into());
+    }
+    Ok(())
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    response
+}

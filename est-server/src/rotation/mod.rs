@@ -1,0 +1,530 @@
+//! Server-driven rotation over MQTT.
+//!
+//! The expiry audit finds active certificates ending within a window and
+//! asks each device for a CSR (`csr_req`). The device's `csr_res` goes
+//! through the same enrollment service as `/simplereenroll` authenticated by
+//! the old certificate (same identity, one successor, same thing and policy);
+//! the successor goes back in `crt_res`. Only `crt_ack` — the device is
+//! connected with the successor — retires the predecessor; `crt_err` undoes
+//! the renewal (the successor is revoked, the old certificate active again),
+//! is logged and posted to the optional webhook. Each device's state is a
+//! [`Rotation`] record in the registry, so a restart resumes, and devices
+//! that never answer are asked again with back-off. Topics and payloads:
+//! [`est_wire::rotation`].
+
+pub mod audit;
+pub mod mqtt;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use est_wire::csr::Csr;
+use est_wire::rotation::{
+    CertificateAck, CertificateError, CertificateResponse, CsrRequest, CsrResponse, Step, Topics,
+};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+
+use crate::config::RotationConfig;
+use crate::http::AppState;
+use crate::registry::{unix_now, CertState, CertificateRecord, Rotation, RotationState};
+use audit::Decision;
+use webhook::Webhook;
+
+/// Most expiring certificates one audit looks at.
+const AUDIT_LIMIT: usize = 100_000;
+/// Device messages handled at once.
+const HANDLER_CONCURRENCY: usize = 16;
+
+/// What one audit did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Devices sent `csr_req`.
+    pub requested: Vec<String>,
+    /// Devices sent their certificate again (`crt_res`, no `crt_ack` yet).
+    pub resent: Vec<String>,
+    /// Devices skipped because they were asked recently.
+    pub backing_off: usize,
+    /// Devices left for the next audit because `max_in_flight` was reached.
+    pub deferred: usize,
+    /// Expiring certificates without a usable client id (no CN).
+    pub without_client_id: usize,
+}
+
+/// Selects and asks devices: the part shared by the scheduled audit and
+/// `est-server rotate`.
+pub struct Auditor<'a> {
+    /// Where certificates and rotation records are.
+    pub registry: &'a dyn crate::registry::Registry,
+    /// Publishes `csr_req`.
+    pub client: &'a AsyncClient,
+    /// Topic names.
+    pub topics: &'a Topics,
+    /// Back-off and concurrency settings.
+    pub config: &'a RotationConfig,
+}
+
+impl Auditor<'_> {
+    /// Asks every device whose certificate ends within `window` (only
+    /// `device`, when given, ignoring its back-off) for a CSR.
+    pub async fn audit(
+        &self,
+        window: Duration,
+        device: Option<&str>,
+    ) -> anyhow::Result<AuditReport> {
+        let now = unix_now();
+        let mut rotations: HashMap<String, Rotation> = self
+            .registry
+            .list_rotations(usize::MAX)
+            .await?
+            .into_iter()
+            .map(|r| (r.client_id.clone(), r))
+            .collect();
+        let expiring = self
+            .registry
+            .expiring_before(now + window.as_secs() as i64, AUDIT_LIMIT)
+            .await?;
+        let mut report = AuditReport::default();
+        let mut in_flight = audit::in_flight(&rotations, now);
+        for record in &expiring {
+            let decision = audit::decide(record, &rotations, now, device.is_some());
+            let (client_id, attempt) = match decision {
+                Decision::Ask { client_id, attempt } => (client_id, attempt),
+                Decision::BackingOff(client_id) => {
+                    if device.is_none_or(|d| d == client_id) {
+                        report.backing_off += 1;
+                    }
+                    continue;
+                }
+                Decision::NoClientId(_) => {
+                    report.without_client_id += 1;
+                    continue;
+                }
+            };
+            if device.is_some_and(|d| d != client_id) {
+                continue;
+            }
+            if in_flight >= self.config.max_in_flight && device.is_none() {
+                report.deferred += 1;
+                continue;
+            }
+            let previous = rotations.get(&client_id);
+            let rotation = Rotation {
+                client_id: client_id.clone(),
+                serial: record.certificate.serial.clone(),
+                state: RotationState::Requested,
+                attempts: attempt,
+                last_error: previous
+                    .filter(|r| r.serial == record.certificate.serial)
+                    .and_then(|r| r.last_error.clone()),
+                new_serial: None,
+                requested_at: previous
+                    .filter(|r| r.serial == record.certificate.serial)
+                    .map_or(now, |r| r.requested_at),
+                updated_at: now,
+                next_attempt_at: audit::next_attempt_at(now, attempt, self.config.retry_after),
+            };
+            // Recorded before it is sent: an answer always finds its record.
+            self.registry.save_rotation(rotation.clone()).await?;
+            let request = CsrRequest {
+                serial: record.certificate.serial.clone(),
+                not_after: rfc3339(record.certificate.not_after),
+            };
+            self.client
+                .publish(
+                    self.topics.topic(&client_id, Step::CsrReq),
+                    QoS::AtLeastOnce,
+                    false,
+                    serde_json::to_vec(&request)?,
+                )
+                .await
+                .context("publish csr_req")?;
+            tracing::info!(client_id = %client_id, serial = %record.certificate.serial, attempt, "rotation: asked the device for a CSR");
+            rotations.insert(client_id.clone(), rotation);
+            in_flight += 1;
+            report.requested.push(client_id);
+        }
+        Ok(report)
+    }
+}
+
+fn rfc3339(unix: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64),
+    )
+    .to_string()
+}
+
+/// The orchestrator running inside `serve`.
+pub struct Orchestrator {
+    state: Arc<AppState>,
+    config: RotationConfig,
+    topics: Topics,
+    client: AsyncClient,
+    webhook: Option<Webhook>,
+}
+
+/// Connects to the broker and runs the orchestrator until the process ends:
+/// the scheduled audit, and the handlers for device answers.
+pub async fn run(
+    state: Arc<AppState>,
+    config: RotationConfig,
+    trust_pem: Vec<u8>,
+    pair: mqtt::ClientPair,
+) -> anyhow::Result<()> {
+    let (client, mut events) = mqtt::connect(&config, &config.client_id, false, &trust_pem, &pair)?;
+    let webhook = config.webhook.as_deref().map(Webhook::new).transpose()?;
+    state
+        .metrics
+        .rotation_enabled
+        .store(true, Ordering::Relaxed);
+    let orchestrator = Arc::new(Orchestrator {
+        topics: Topics::new(&config.topic_prefix),
+        state,
+        config,
+        client,
+        webhook,
+    });
+    tokio::spawn(orchestrator.clone().audit_schedule());
+    let handlers = Arc::new(tokio::sync::Semaphore::new(HANDLER_CONCURRENCY));
+    let mut failures = 0u32;
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = 0;
+                orchestrator
+                    .state
+                    .metrics
+                    .broker_connected
+                    .store(true, Ordering::Relaxed);
+                tracing::info!(broker = %orchestrator.config.broker, "rotation: connected to the MQTT broker");
+                let filters = [Step::CsrRes, Step::CrtAck, Step::CrtErr].map(|step| {
+                    rumqttc::SubscribeFilter::new(
+                        orchestrator.topics.all_clients(step),
+                        QoS::AtLeastOnce,
+                    )
+                });
+                if let Err(e) = orchestrator.client.try_subscribe_many(filters) {
+                    tracing::error!(error = %e, "rotation: cannot subscribe");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let Ok(permit) = handlers.clone().acquire_owned().await else {
+                    continue;
+                };
+                let orchestrator = orchestrator.clone();
+                tokio::spawn(async move {
+                    orchestrator.handle(&publish.topic, &publish.payload).await;
+                    drop(permit);
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                orchestrator
+                    .state
+                    .metrics
+                    .broker_connected
+                    .store(false, Ordering::Relaxed);
+                failures += 1;
+                let wait = Duration::from_secs(1 << failures.min(5));
+                tracing::warn!(error = %e, retry_in_secs = wait.as_secs(), "rotation: MQTT connection failed");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+impl Orchestrator {
+    async fn audit_schedule(self: Arc<Self>) {
+        // A short pause lets the first connection come up.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        loop {
+            if let Err(e) = self.scheduled_audit().await {
+                tracing::warn!(error = %e, "rotation: audit failed; the next one retries");
+            }
+            tokio::time::sleep(self.config.audit_interval).await;
+        }
+    }
+
+    /// Asks expiring devices for CSRs and sends unacknowledged certificates again.
+    async fn scheduled_audit(&self) -> anyhow::Result<()> {
+        let registry = &*self.state.registry;
+        let auditor = Auditor {
+            registry,
+            client: &self.client,
+            topics: &self.topics,
+            config: &self.config,
+        };
+        let report = auditor.audit(self.config.expiring_within, None).await?;
+        for _ in &report.requested {
+            self.state.metrics.rotation_event("requested");
+        }
+        let now = unix_now();
+        let rotations: HashMap<String, Rotation> = registry
+            .list_rotations(usize::MAX)
+            .await?
+            .into_iter()
+            .map(|r| (r.client_id.clone(), r))
+            .collect();
+        for mut rotation in audit::unacknowledged(&rotations, now) {
+            let Some(new_serial) = rotation.new_serial.clone() else {
+                continue;
+            };
+            let Some(successor) = registry.find_by_serial(&new_serial).await? else {
+                continue;
+            };
+            rotation.attempts += 1;
+            rotation.updated_at = now;
+            rotation.next_attempt_at =
+                audit::next_attempt_at(now, rotation.attempts, self.config.retry_after);
+            registry.save_rotation(rotation.clone()).await?;
+            self.send_certificate(&rotation.client_id, &successor)
+                .await?;
+            self.state.metrics.rotation_event("resent");
+            tracing::info!(client_id = %rotation.client_id, serial = %new_serial, "rotation: no crt_ack yet; certificate sent again");
+        }
+        if !report.requested.is_empty() || report.deferred > 0 {
+            tracing::info!(
+                requested = report.requested.len(),
+                backing_off = report.backing_off,
+                deferred = report.deferred,
+                "rotation audit done"
+            );
+        }
+        Ok(())
+    }
+
+    /// Dispatches one device message. Every refusal is logged and counted.
+    async fn handle(&self, topic: &str, payload: &[u8]) {
+        let Some((client_id, step)) = self.topics.parse(topic) else {
+            return;
+        };
+        let outcome = match step {
+            Step::CsrRes => self.on_csr(client_id, payload).await,
+            Step::CrtAck => self.on_ack(client_id, payload).await,
+            Step::CrtErr => self.on_error(client_id, payload).await,
+            Step::CsrReq | Step::CrtRes => Ok(()),
+        };
+        if let Err(e) = outcome {
+            self.state.metrics.rotation_event("refused");
+            tracing::warn!(client_id, step = step.as_str(), error = %format!("{e:#}"), "rotation: message refused");
+        }
+    }
+
+    /// `csr_res`: issue the successor through the enrollment service.
+    async fn on_csr(&self, client_id: &str, payload: &[u8]) -> anyhow::Result<()> {
+        let registry = &*self.state.registry;
+        let mut rotation = self.waiting_rotation(client_id).await?;
+        let response: CsrResponse = serde_json::from_slice(payload).context("csr_res payload")?;
+        let old = self.device_certificate(client_id, &rotation.serial).await?;
+        let label = self
+            .state
+            .labels
+            .get(&old.certificate.label)
+            .with_context(|| {
+                format!("label `{}` is no longer configured", old.certificate.label)
+            })?;
+        let issued = async {
+            let (_, der) = est_wire::pem::decode(response.csr.as_bytes())
+                .map_err(|e| crate::error::EstError::BadRequest(format!("CSR is not PEM: {e}")))?;
+            let csr = Csr::from_der(&der)?;
+            self.state.enroll.renew_for_rotation(label, old, csr).await
+        }
+        .await;
+        let enrolled = match issued {
+            Ok(enrolled) => enrolled,
+            Err(e) => {
+                // The device may answer again; the record keeps the reason.
+                rotation.last_error = Some(e.to_string());
+                rotation.updated_at = unix_now();
+                registry.save_rotation(rotation).await?;
+                anyhow::bail!("CSR refused: {e}");
+            }
+        };
+        let successor = registry
+            .find_by_serial(&enrolled.serial)
+            .await?
+            .context("the issued certificate is not recorded")?;
+        let now = unix_now();
+        rotation.state = RotationState::Issued;
+        rotation.new_serial = Some(enrolled.serial.clone());
+        rotation.updated_at = now;
+        rotation.next_attempt_at =
+            audit::next_attempt_at(now, rotation.attempts, self.config.retry_after);
+        registry.save_rotation(rotation).await?;
+        self.send_certificate(client_id, &successor).await?;
+        self.state.metrics.rotation_event("issued");
+        tracing::info!(client_id, serial = %enrolled.serial, renewed = ?enrolled.renewed, "rotation: successor issued and sent");
+        Ok(())
+    }
+
+    /// `crt_ack`: the device uses the successor; retire the predecessor now.
+    async fn on_ack(&self, client_id: &str, payload: &[u8]) -> anyhow::Result<()> {
+        let registry = &*self.state.registry;
+        let ack: CertificateAck = serde_json::from_slice(payload).context("crt_ack payload")?;
+        let mut rotation = registry
+            .rotation(client_id)
+            .await?
+            .context("no rotation for this client")?;
+        if rotation.state == RotationState::Acknowledged
+            && rotation.new_serial.as_deref() == Some(ack.serial.as_str())
+        {
+            return Ok(()); // a redelivered acknowledgement
+        }
+        if rotation.state != RotationState::Issued
+            || rotation.new_serial.as_deref() != Some(ack.serial.as_str())
+        {
+            anyhow::bail!(
+                "crt_ack for {} does not match the rotation ({}, new serial {:?})",
+                ack.serial,
+                rotation.state,
+                rotation.new_serial
+            );
+        }
+        let successor = self.device_certificate(client_id, &ack.serial).await?;
+        registry
+            .mark_predecessor_proven(&successor.certificate.fingerprint)
+            .await?;
+        if let Some(old) = registry.find_by_serial(&rotation.serial).await? {
+            if old.retired_at.is_none() {
+                if let Some(label) = self.state.labels.get(&old.certificate.label) {
+                    crate::retirement::retire_one(registry, label.backend.as_ref(), &old).await;
+                }
+            }
+        }
+        let now = unix_now();
+        rotation.state = RotationState::Acknowledged;
+        rotation.last_error = None;
+        rotation.updated_at = now;
+        let took = now - rotation.requested_at;
+        registry.save_rotation(rotation).await?;
+        self.state.metrics.rotation_event("acknowledged");
+        tracing::info!(client_id, serial = %ack.serial, seconds = took, "rotation complete: device acknowledged, predecessor retired");
+        Ok(())
+    }
+
+    /// `crt_err`: the device keeps its old certificate; undo and report.
+    async fn on_error(&self, client_id: &str, payload: &[u8]) -> anyhow::Result<()> {
+        let registry = &*self.state.registry;
+        let report: CertificateError =
+            serde_json::from_slice(payload).context("crt_err payload")?;
+        let mut rotation = self.waiting_rotation(client_id).await?;
+        if let (RotationState::Issued, Some(new_serial)) = (rotation.state, &rotation.new_serial) {
+            registry
+                .reinstate_predecessor(&rotation.serial, new_serial)
+                .await
+                .context("reinstating the old certificate")?;
+            if let Some(abandoned) = registry.find_by_serial(new_serial).await? {
+                self.take_back(&abandoned).await;
+            }
+        }
+        let now = unix_now();
+        let error: String = report.error.chars().take(500).collect();
+        rotation.state = RotationState::Failed;
+        rotation.last_error = Some(error.clone());
+        rotation.updated_at = now;
+        rotation.next_attempt_at =
+            audit::next_attempt_at(now, rotation.attempts, self.config.retry_after);
+        registry.save_rotation(rotation.clone()).await?;
+        self.state.metrics.rotation_event("failed");
+        tracing::warn!(client_id, serial = %rotation.serial, error = %error, attempts = rotation.attempts, "rotation failed on the device; the old certificate stays active");
+        if let Some(webhook) = &self.webhook {
+            webhook.notify(serde_json::json!({
+                "event": "rotation_failed",
+                "clientId": client_id,
+                "serial": rotation.serial,
+                "newSerial": rotation.new_serial,
+                "error": error,
+                "attempts": rotation.attempts,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Retires a successor the device refused in its CA (AWS: deactivated and
+    /// deleted; local CA: it is revoked in the registry, so the CRL lists it).
+    async fn take_back(&self, abandoned: &CertificateRecord) {
+        let Some(backend_ref) = &abandoned.certificate.backend_ref else {
+            return;
+        };
+        if let Some(label) = self.state.labels.get(&abandoned.certificate.label) {
+            if let Err(e) = label.backend.retire(backend_ref, None).await {
+                self.state
+                    .metrics
+                    .backend_error(&abandoned.certificate.label);
+                tracing::warn!(serial = %abandoned.certificate.serial, error = %e, "could not retire the refused certificate in its CA");
+            }
+        }
+    }
+
+    /// The rotation of `client_id`, which must be waiting for the device.
+    async fn waiting_rotation(&self, client_id: &str) -> anyhow::Result<Rotation> {
+        let rotation = self
+            .state
+            .registry
+            .rotation(client_id)
+            .await?
+            .context("no rotation was requested for this client")?;
+        match rotation.state {
+            RotationState::Requested | RotationState::Issued => Ok(rotation),
+            other => anyhow::bail!("the rotation is {other}, not waiting for the device"),
+        }
+    }
+
+    /// The certificate `serial`, which must belong to `client_id` (its CN):
+    /// a message on one client's topic can only concern that client's own
+    /// certificate.
+    async fn device_certificate(
+        &self,
+        client_id: &str,
+        serial: &str,
+    ) -> anyhow::Result<CertificateRecord> {
+        let record = self
+            .state
+            .registry
+            .find_by_serial(serial)
+            .await?
+            .with_context(|| format!("certificate {serial} is not in the registry"))?;
+        if audit::client_id_of(&record).as_deref() != Some(client_id) {
+            anyhow::bail!("certificate {serial} does not belong to client {client_id}");
+        }
+        if record.state == CertState::Revoked {
+            anyhow::bail!("certificate {serial} is revoked");
+        }
+        Ok(record)
+    }
+
+    /// Publishes `crt_res` with the certificate and its label's chain.
+    async fn send_certificate(
+        &self,
+        client_id: &str,
+        certificate: &CertificateRecord,
+    ) -> anyhow::Result<()> {
+        let label = self
+            .state
+            .labels
+            .get(&certificate.certificate.label)
+            .context("label no longer configured")?;
+        let chain = label.backend.ca_certs().await?;
+        let response = CertificateResponse {
+            certificate_pem: est_wire::pem::encode("CERTIFICATE", &certificate.certificate.der),
+            ca_pem: chain
+                .iter()
+                .map(est_wire::pem::certificate_to_pem)
+                .collect(),
+        };
+        self.client
+            .publish(
+                self.topics.topic(client_id, Step::CrtRes),
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&response)?,
+            )
+            .await
+            .context("publish crt_res")?;
+        Ok(())
+    }
+}

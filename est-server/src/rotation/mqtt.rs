@@ -1,0 +1,131 @@
+//! The orchestrator's MQTT connection: TLS with a client certificate, and
+//! the certificate itself (issued by the local CA when none is configured).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ca_backends::local::LocalCa;
+use ca_backends::Profile;
+use est_wire::keys::{KeyAlgorithm, SigningKey};
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, TlsConfiguration, Transport};
+
+use crate::config::RotationConfig;
+
+/// Where the orchestrator's client certificate and key are.
+pub struct ClientPair {
+    /// PEM certificate.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// The configured pair, or one the local CA issues (CN = `client_id`, kept
+/// in the CA directory, key 0600, reissued when less than a day is left).
+pub fn client_pair(
+    config: &RotationConfig,
+    ca: &LocalCa,
+    ca_dir: &std::path::Path,
+) -> anyhow::Result<ClientPair> {
+    if let (Some(cert), Some(key)) = (&config.cert, &config.key) {
+        return Ok(ClientPair {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
+    let pair = ClientPair {
+        cert: ca_dir.join("rotation-client.pem"),
+        key: ca_dir.join("rotation-client.key"),
+    };
+    if still_valid(&pair.cert, Duration::from_secs(86_400)) && pair.key.exists() {
+        return Ok(pair);
+    }
+    let key = SigningKey::generate(KeyAlgorithm::EcP256).context("orchestrator key")?;
+    let subject = ca_backends::local::parse_name(&format!("CN={}", config.client_id))
+        .context("orchestrator subject")?;
+    let issued = ca
+        .issue(&subject, &key.public_key_info(), &[], &Profile::default())
+        .context("orchestrator certificate")?;
+    write_private(&pair.key, key.to_pkcs8_pem().as_bytes())?;
+    std::fs::write(
+        &pair.cert,
+        est_wire::pem::certificate_to_pem(&issued.certificate),
+    )
+    .with_context(|| format!("cannot write {}", pair.cert.display()))?;
+    tracing::info!(cert = %pair.cert.display(), "issued the rotation orchestrator's MQTT client certificate");
+    Ok(pair)
+}
+
+fn still_valid(path: &std::path::Path, margin: Duration) -> bool {
+    let Ok(pem) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok(certs) = est_wire::pem::certificates_from_pem(&pem) else {
+        return false;
+    };
+    certs.first().is_some_and(|c| {
+        c.tbs_certificate.validity.not_after.to_system_time()
+            > std::time::SystemTime::now() + margin
+    })
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Connects (lazily: the returned event loop connects when polled).
+/// `clean_session = false` keeps the orchestrator's subscriptions and queued
+/// device answers on the broker across its restarts.
+pub fn connect(
+    config: &RotationConfig,
+    client_id: &str,
+    clean_session: bool,
+    trust_pem: &[u8],
+    pair: &ClientPair,
+) -> anyhow::Result<(AsyncClient, EventLoop)> {
+    let (host, port) = config
+        .broker
+        .rsplit_once(':')
+        .context("rotation.broker: expected host:port")?;
+    let port: u16 = port.parse().context("rotation.broker: port")?;
+    let mut options = MqttOptions::new(client_id, host, port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_session(clean_session);
+    options.set_max_packet_size(256 * 1024, 256 * 1024);
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        Arc::new(tls_config(trust_pem, pair)?),
+    )));
+    Ok(AsyncClient::new(options, 1024))
+}
+
+fn tls_config(trust_pem: &[u8], pair: &ClientPair) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &trust_pem[..]) {
+        roots
+            .add(cert.context("broker trust anchors")?)
+            .context("broker trust anchor")?;
+    }
+    let chain = rustls_pemfile::certs(&mut &std::fs::read(&pair.cert)?[..])
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{}", pair.cert.display()))?;
+    let key = rustls_pemfile::private_key(&mut &std::fs::read(&pair.key)?[..])
+        .with_context(|| format!("{}", pair.key.display()))?
+        .with_context(|| format!("{}: no private key", pair.key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?)
+}

@@ -1,0 +1,135 @@
+//! A real Mosquitto broker for the rotation tests: TLS on 127.0.0.1 with the
+//! EST server's TLS identity, client certificates required and checked
+//! against the server's CA, the certificate CN as user name, and an ACL that
+//! confines every device to `management/topic/<its CN>/#`.
+//!
+//! `run-tests.sh` installs the Debian package `mosquitto`; without it these
+//! tests fail loudly rather than skip.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Server;
+
+/// The MQTT client id the server's orchestrator uses in the tests.
+pub const ORCHESTRATOR: &str = "est-server-rotation";
+
+/// A running broker; killed on drop.
+pub struct Mosquitto {
+    /// TLS port on 127.0.0.1.
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Mosquitto {
+    /// A port that is free now (the server's config names it before the
+    /// broker can start, because the broker needs the server's CA files).
+    pub fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port")
+    }
+
+    /// Starts the broker on `port`, trusting `server`'s CA for client certificates.
+    pub fn start(server: &Server, port: u16) -> Self {
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("mosquitto is not installed: run ./run-tests.sh (it installs the Debian package `mosquitto`)");
+        let dir = tempfile::tempdir().unwrap();
+        let cafile = dir.path().join("clients-ca.pem");
+        let chain = [
+            server.path("ca/root-ca.pem"),
+            server.path("ca/issuing-ca.pem"),
+        ]
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect::<String>();
+        std::fs::write(&cafile, chain).unwrap();
+        let acl = dir.path().join("acl");
+        std::fs::write(
+            &acl,
+            format!(
+                "user {ORCHESTRATOR}\ntopic readwrite management/topic/#\n\n\
+                 pattern readwrite management/topic/%u/#\n"
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("mosquitto.log");
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root\n\
+                 persistence false\n\
+                 log_dest stderr\n\
+                 log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+                 connection_messages true\n\
+                 per_listener_settings false\n\
+                 acl_file {acl}\n\
+                 listener {port} 127.0.0.1\n\
+                 cafile {cafile}\n\
+                 certfile {cert}\n\
+                 keyfile {key}\n\
+                 tls_version tlsv1.2\n\
+                 require_certificate true\n\
+                 use_identity_as_username true\n",
+                acl = acl.display(),
+                cafile = cafile.display(),
+                cert = server.path("tls/server.pem").display(),
+                key = server.path("tls/server.key").display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start mosquitto");
+        let broker = Self {
+            port,
+            child,
+            _dir: dir,
+            log,
+        };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "mosquitto did not start: {}",
+                broker.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        broker
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether a client with this id has connected (according to the log).
+    pub fn saw_client(&self, client_id: &str) -> bool {
+        BufReader::new(std::fs::File::open(&self.log).unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("New client connected") && l.contains(&format!(" as {client_id} ")))
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
