@@ -345,6 +345,22 @@ pub struct StoppedServer {
 }
 
 impl StoppedServer {
+    /// Runs an admin subcommand on the stopped server's data directory.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let output = Command::new(server_binary())
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "est-server {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
     /// Starts the server again on its old address and data directory.
     pub fn start(self) -> Server {
         Server::spawn_on(self.dir, &self.addr, Vec::new())

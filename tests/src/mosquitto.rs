@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -125,6 +125,67 @@ impl Mosquitto {
             .map_while(Result::ok)
             .any(|l| l.contains("New client connected") && l.contains(&format!(" as {client_id} ")))
     }
+}
+
+/// Connects as the holder of `cert`/`key` (trusting `ca`), publishes
+/// `payload` on `topic` with QoS 1 and disconnects. Returns whether the
+/// broker accepted the connection and acknowledged the message (Mosquitto
+/// acknowledges publishes its ACL drops, so `true` does not mean delivered).
+pub fn publish_as(
+    port: u16,
+    client_id: &str,
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+    topic: &str,
+    payload: &[u8],
+) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut &std::fs::read(ca).unwrap()[..]) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let chain = rustls_pemfile::certs(&mut &std::fs::read(cert).unwrap()[..])
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pemfile::private_key(&mut &std::fs::read(key).unwrap()[..])
+            .unwrap()
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(tls)),
+        ));
+        let (client, mut events) = rumqttc::AsyncClient::new(options, 10);
+        client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec())
+            .await
+            .unwrap();
+        let acked = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), events.poll()).await;
+        acked
+    })
 }
 
 impl Drop for Mosquitto {

@@ -270,6 +270,73 @@ async fn suite(registry: Arc<dyn Registry>) {
     assert_eq!(done.state, PendingState::Issued);
     assert_eq!(done.issued_serial.as_deref(), Some("d01"));
     assert!(registry.list_certificates(100).await.unwrap().len() >= 5);
+
+    // A renewal the device refused (MQTT crt_err) is undone: the successor
+    // is revoked, the predecessor active again — once.
+    let ending = |at: i64| {
+        let registry = registry.clone();
+        async move { registry.count_expiring_before(at).await.unwrap() }
+    };
+    let before = ending(99_999).await;
+    let mut r1 = cert("r1", None);
+    r1.not_after = 50_000;
+    registry.record_issued(r1, None, None, None).await.unwrap();
+    let mut r2 = cert("r2", Some("r1"));
+    r2.not_after = 60_000;
+    registry
+        .record_issued(r2, Some("r1".into()), None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        ending(60_000).await - ending(59_999).await,
+        1,
+        "inclusive bound"
+    );
+    assert_eq!(ending(99_999).await, before + 1);
+    registry.reinstate_predecessor("r1", "r2").await.unwrap();
+    let r1 = registry.find_by_serial("r1").await.unwrap().unwrap();
+    assert_eq!(r1.state, CertState::Active);
+    assert_eq!(r1.successor, None);
+    let r2 = registry.find_by_serial("r2").await.unwrap().unwrap();
+    assert_eq!(r2.state, CertState::Revoked);
+    assert_eq!(ending(50_000).await - ending(49_999).await, 1);
+    assert_eq!(ending(60_000).await - ending(59_999).await, 0);
+    assert!(matches!(
+        registry.reinstate_predecessor("r1", "r2").await,
+        Err(RegistryError::PredecessorNotActive(_))
+    ));
+
+    // Rotation records: create, replace, list in client id order.
+    assert!(registry.rotation("dev-b").await.unwrap().is_none());
+    let mut rotation = Rotation {
+        client_id: "dev-b".into(),
+        serial: "r1".into(),
+        state: RotationState::Requested,
+        attempts: 1,
+        last_error: None,
+        new_serial: None,
+        requested_at: 10,
+        updated_at: 10,
+        next_attempt_at: 20,
+    };
+    registry.save_rotation(rotation.clone()).await.unwrap();
+    rotation.state = RotationState::Failed;
+    rotation.last_error = Some("device said no".into());
+    rotation.new_serial = Some("r2".into());
+    registry.save_rotation(rotation.clone()).await.unwrap();
+    registry
+        .save_rotation(Rotation {
+            client_id: "dev-a".into(),
+            ..rotation.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(registry.rotation("dev-b").await.unwrap(), Some(rotation));
+    let all = registry.list_rotations(10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.client_id.as_str()).collect::<Vec<_>>(),
+        ["dev-a", "dev-b"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -439,7 +439,7 @@ impl Registry for DynamoDbRegistry {
                 .query()
                 .table_name(&self.table)
                 .index_name("expiry")
-                .key_condition_expression("gsi_state = :active AND not_after < :before")
+                .key_condition_expression("gsi_state = :active AND not_after <= :before")
                 .expression_attribute_values(":active", s("active"))
                 .expression_attribute_values(":before", n(before))
                 .select(aws_sdk_dynamodb::types::Select::Count)

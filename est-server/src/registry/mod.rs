@@ -401,7 +401,7 @@ pub trait Registry: Send + Sync {
         limit: usize,
     ) -> Result<Vec<CertificateRecord>, RegistryError>;
 
-    /// How many active certificates end before `before` (Unix seconds).
+    /// How many active certificates end at or before `before` (Unix seconds).
     async fn count_expiring_before(&self, before: i64) -> Result<u64, RegistryError>;
 
     /// Marks a certificate revoked.

@@ -420,7 +420,7 @@ impl Registry for SqliteRegistry {
     async fn count_expiring_before(&self, before: i64) -> Result<u64, RegistryError> {
         self.with(move |conn| {
             conn.query_row(
-                "SELECT COUNT(*) FROM certificates WHERE state = 'active' AND not_after < ?1",
+                "SELECT COUNT(*) FROM certificates WHERE state = 'active' AND not_after <= ?1",
                 [before],
                 |row| row.get::<_, i64>(0),
             )

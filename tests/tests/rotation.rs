@@ -1,0 +1,467 @@
+//! Server-driven rotation over a real Mosquitto: the orchestrator in
+//! `est-server serve`, `est-server rotate`, and the device agent in
+//! `est-client run`, end to end.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use est_e2e::mosquitto::{publish_as, ORCHESTRATOR};
+use est_e2e::*;
+
+/// A server with the admin listener and the orchestrator on `broker_port`.
+/// `window` is the scheduled audit's `expiring_within` (device certificates
+/// live 30 days, so "1d" keeps the schedule quiet and "60d" rotates at once).
+fn rotation_server(broker_port: u16, window: &str, extra: &str) -> Server {
+    let config = format!(
+        "admin_listen = \"127.0.0.1:0\"\n{}",
+        config_with(&format!(
+            "[rotation]\nenabled = true\nbroker = \"127.0.0.1:{broker_port}\"\n\
+             client_id = \"{ORCHESTRATOR}\"\nexpiring_within = \"{window}\"\n\
+             audit_interval = \"1s\"\nretry_after = \"2s\"\n{extra}"
+        ))
+    );
+    Server::start_with(&config, None)
+}
+
+/// Server and broker, with the orchestrator connected.
+fn setup(window: &str, extra: &str) -> (Server, Mosquitto) {
+    let port = Mosquitto::free_port();
+    let server = rotation_server(port, window, extra);
+    let broker = Mosquitto::start(&server, port);
+    assert!(
+        wait_for(Duration::from_secs(40), || broker.saw_client(ORCHESTRATOR)),
+        "orchestrator never connected: {}\n{}",
+        server.log(),
+        broker.log()
+    );
+    (server, broker)
+}
+
+/// Enrolls `cn` on label `iot` and writes its `est-client run` config.
+fn device(
+    server: &Server,
+    broker: &Mosquitto,
+    dir: &Path,
+    cn: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    enroll(server, dir, Some("iot"), cn);
+    renew_config(
+        server,
+        dir,
+        "iot",
+        &format!(
+            "{extra}\n[auto_renew]\nrotate_key = true\n[mqtt]\nbroker = \"127.0.0.1:{}\"\nbroker_ca = \"{}\"\n",
+            broker.port,
+            server.ca_pem().display()
+        ),
+    )
+}
+
+fn agent(config: &Path) -> Child {
+    Command::new(client_binary())
+        .args(["run", "--config", &config.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(config.with_extension("log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn hex_serial(dir: &Path) -> String {
+    serial(dir)
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase()
+}
+
+fn rotation_of(server: &Server, client_id: &str) -> Option<serde_json::Value> {
+    let listing: serde_json::Value =
+        serde_json::from_str(&server.admin(&["rotations", "--json"])).unwrap();
+    listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["clientId"] == client_id)
+        .cloned()
+}
+
+fn rotation_state(server: &Server, client_id: &str) -> String {
+    rotation_of(server, client_id)
+        .map(|r| r["state"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+fn cert_state(server: &Server, serial: &str) -> String {
+    let listing = server.admin(&["certs", "list"]);
+    listing
+        .lines()
+        .find(|l| l.starts_with(serial))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("{serial} not in\n{listing}"))
+        .to_owned()
+}
+
+fn admin_get(server: &Server, path: &str) -> HttpResponse {
+    curl(&[format!("http://{}{path}", server.admin_addr())])
+}
+
+fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn rotation_round_trip_on_demand_retires_the_old_certificate() {
+    let (server, broker) = setup("1d", "");
+    let dir = tempfile::tempdir().unwrap();
+    let config = device(&server, &broker, dir.path(), "rot-1", "");
+    let old = hex_serial(dir.path());
+    let child = agent(&config);
+    assert!(wait_for(Duration::from_secs(30), || broker.saw_client("rot-1")));
+
+    let started = Instant::now();
+    let out = server.admin(&["rotate", "--expiring-within", "60d", "--device", "rot-1"]);
+    assert!(out.contains("requested  rot-1"), "{out}");
+    assert!(
+        wait_for(Duration::from_secs(60), || rotation_state(&server, "rot-1")
+            == "acknowledged"),
+        "rotation: {:?}\nserver: {}\ndevice: {}",
+        rotation_of(&server, "rot-1"),
+        server.log(),
+        std::fs::read_to_string(config.with_extension("log")).unwrap_or_default()
+    );
+    eprintln!(
+        "one rotation round trip: {} ms",
+        started.elapsed().as_millis()
+    );
+
+    let new = hex_serial(dir.path());
+    assert_ne!(new, old);
+    assert!(status_ok(dir.path()));
+    assert_eq!(
+        rotation_of(&server, "rot-1").unwrap()["newSerial"],
+        new.as_str()
+    );
+    assert_eq!(cert_state(&server, &new), "active");
+    assert_eq!(cert_state(&server, &old), "superseded+retired");
+    // The device's new pair is accepted by the broker; the retired one is in the CRL.
+    assert!(publish_as(
+        broker.port,
+        "rot-1",
+        &dir.path().join("device.pem"),
+        &dir.path().join("device.key"),
+        &server.ca_pem(),
+        "management/topic/rot-1/hello",
+        b"{}",
+    ));
+    let crl = dir.path().join("ca.crl");
+    server.admin(&["crl", "--out", &crl.display().to_string()]);
+    let text = String::from_utf8(openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        &crl.display().to_string(),
+        "-noout",
+        "-text",
+    ]))
+    .unwrap();
+    assert!(text.to_ascii_lowercase().contains(&old), "{text}");
+
+    // Metrics, health and readiness on the admin listener.
+    assert_eq!(admin_get(&server, "/healthz").status, 200);
+    assert_eq!(admin_get(&server, "/readyz").status, 200);
+    let metrics = admin_get(&server, "/metrics").text();
+    assert_eq!(
+        metric(&metrics, "est_rotations{state=\"acknowledged\"}"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "est_rotation_events_total{event=\"acknowledged\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "est_enrollments_total{label=\"iot\",operation=\"simpleenroll\",status=\"200\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("est_enrollment_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    // Device certificates live 30 days: the one active certificate ends
+    // within 30 days, none within 7.
+    assert_eq!(
+        metric(&metrics, "est_certificates_expiring{within=\"30d\"}"),
+        1.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("est_certificates_expiring{within=\"7d\"} 0"),
+        "{metrics}"
+    );
+    stop(child);
+}
+
+#[test]
+fn device_offline_during_csr_req_is_asked_again_when_back() {
+    let (server, broker) = setup("60d", "");
+    let dir = tempfile::tempdir().unwrap();
+    let config = device(&server, &broker, dir.path(), "rot-offline", "");
+    let old = hex_serial(dir.path());
+    // The scheduled audit asks while the device is away, and keeps asking.
+    assert!(wait_for(Duration::from_secs(30), || {
+        rotation_of(&server, "rot-offline")
+            .is_some_and(|r| r["state"] == "requested" && r["attempts"].as_u64() >= Some(2))
+    }));
+    let child = agent(&config);
+    assert!(
+        wait_for(Duration::from_secs(90), || rotation_state(
+            &server,
+            "rot-offline"
+        ) == "acknowledged"),
+        "{:?}\n{}",
+        rotation_of(&server, "rot-offline"),
+        std::fs::read_to_string(config.with_extension("log")).unwrap_or_default()
+    );
+    assert_ne!(hex_serial(dir.path()), old);
+    assert_eq!(cert_state(&server, &old), "superseded+retired");
+    stop(child);
+}
+
+/// Accepts one HTTP request on a local port and returns its body.
+fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((mut stream, _)) = listener.accept() {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buffer[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+                        let _ = sender.send(body.to_owned());
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    (port, receiver)
+}
+
+#[test]
+fn device_rejecting_the_certificate_keeps_the_old_one_and_notifies() {
+    let (hook_port, hook) = webhook_receiver();
+    let (server, broker) = setup(
+        "1d",
+        &format!("webhook = \"http://127.0.0.1:{hook_port}/rotation\"\n"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = device(&server, &broker, dir.path(), "rot-reject", "");
+    // The device trusts another CA for its certificates, so it must refuse
+    // what the server sends (the broker is still trusted through broker_ca).
+    let stranger = ManufacturerCa::new(dir.path(), "stranger");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        &format!("trust = [\"{}\"]", server.ca_pem().display()),
+        &format!("trust = [\"{}\"]", stranger.cert.display()),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let old = hex_serial(dir.path());
+    let old_pem = std::fs::read(dir.path().join("device.pem")).unwrap();
+    let child = agent(&config);
+    assert!(wait_for(Duration::from_secs(30), || broker.saw_client("rot-reject")));
+
+    server.admin(&[
+        "rotate",
+        "--expiring-within",
+        "60d",
+        "--device",
+        "rot-reject",
+    ]);
+    assert!(
+        wait_for(Duration::from_secs(60), || rotation_state(
+            &server,
+            "rot-reject"
+        ) == "failed"),
+        "{:?}\n{}",
+        rotation_of(&server, "rot-reject"),
+        std::fs::read_to_string(config.with_extension("log")).unwrap_or_default()
+    );
+    let rotation = rotation_of(&server, "rot-reject").unwrap();
+    assert!(
+        !rotation["lastError"].as_str().unwrap().is_empty(),
+        "{rotation}"
+    );
+    let refused = rotation["newSerial"].as_str().unwrap().to_owned();
+    // The old certificate is active again and still installed; the refused one is revoked.
+    assert_eq!(cert_state(&server, &old), "active");
+    assert_eq!(cert_state(&server, &refused), "revoked");
+    assert_eq!(
+        std::fs::read(dir.path().join("device.pem")).unwrap(),
+        old_pem
+    );
+    assert!(status_ok(dir.path()));
+    let event = hook
+        .recv_timeout(Duration::from_secs(20))
+        .expect("webhook called");
+    let event: serde_json::Value = serde_json::from_str(&event).unwrap();
+    assert_eq!(event["event"], "rotation_failed");
+    assert_eq!(event["clientId"], "rot-reject");
+    assert_eq!(event["serial"], old.as_str());
+    assert!(server.log().contains("rotation failed on the device"));
+    stop(child);
+}
+
+#[test]
+fn orchestrator_down_mid_rotation_resumes_after_restart() {
+    let (server, broker) = setup("1d", "");
+    let dir = tempfile::tempdir().unwrap();
+    let config = device(&server, &broker, dir.path(), "rot-restart", "");
+    let old = hex_serial(dir.path());
+    let child = agent(&config);
+    assert!(wait_for(Duration::from_secs(30), || broker.saw_client("rot-restart")));
+    // The orchestrator dies (kill -9); its broker session keeps its subscriptions.
+    let stopped = server.stop();
+    // Meanwhile an operator asks, and the device answers into the broker's queue.
+    let out = stopped.admin(&[
+        "rotate",
+        "--expiring-within",
+        "60d",
+        "--device",
+        "rot-restart",
+    ]);
+    assert!(out.contains("requested  rot-restart"), "{out}");
+    let device_log = || std::fs::read_to_string(config.with_extension("log")).unwrap_or_default();
+    assert!(
+        wait_for(Duration::from_secs(30), || device_log()
+            .contains("publishing csr_res")),
+        "{}",
+        device_log()
+    );
+    // Restarted, it picks the rotation up from the registry and the queued answer.
+    let server = stopped.start();
+    assert!(
+        wait_for(Duration::from_secs(60), || rotation_state(
+            &server,
+            "rot-restart"
+        ) == "acknowledged"),
+        "{:?}\n{}\n{}",
+        rotation_of(&server, "rot-restart"),
+        server.log(),
+        device_log()
+    );
+    assert_ne!(hex_serial(dir.path()), old);
+    assert_eq!(cert_state(&server, &old), "superseded+retired");
+    stop(child);
+}
+
+#[test]
+fn a_device_cannot_answer_for_another() {
+    let (server, broker) = setup("1d", "");
+    let victim = tempfile::tempdir().unwrap();
+    let attacker = tempfile::tempdir().unwrap();
+    device(&server, &broker, victim.path(), "rot-victim", "");
+    device(&server, &broker, attacker.path(), "rot-attacker", "");
+    let out = server.admin(&["rotate", "--expiring-within", "60d"]);
+    assert!(
+        out.contains("rot-victim") && out.contains("rot-attacker"),
+        "{out}"
+    );
+    let forged = Csr::new(
+        attacker.path(),
+        "forged",
+        KeyType::P256,
+        "/CN=rot-victim",
+        &["subjectAltName=DNS:rot-victim.example"],
+    );
+    let pem = est_wire::pem::encode("CERTIFICATE REQUEST", &std::fs::read(&forged.der).unwrap());
+    let payload = serde_json::json!({ "CSR": pem }).to_string();
+    let (cert, key) = (
+        attacker.path().join("device.pem"),
+        attacker.path().join("device.key"),
+    );
+
+    // On the victim's topic: the broker's ACL drops it.
+    assert!(publish_as(
+        broker.port,
+        "rot-attacker",
+        &cert,
+        &key,
+        &server.ca_pem(),
+        "management/topic/rot-victim/csr_res",
+        payload.as_bytes()
+    ));
+    // On its own topic, for the victim's identity: the server refuses the CSR.
+    assert!(publish_as(
+        broker.port,
+        "rot-attacker",
+        &cert,
+        &key,
+        &server.ca_pem(),
+        "management/topic/rot-attacker/csr_res",
+        payload.as_bytes()
+    ));
+    assert!(
+        wait_for(Duration::from_secs(30), || rotation_of(
+            &server,
+            "rot-attacker"
+        )
+        .is_some_and(|r| r["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("subject")))),
+        "{:?}\n{}",
+        rotation_of(&server, "rot-attacker"),
+        server.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(rotation_state(&server, "rot-victim"), "requested");
+    assert_eq!(rotation_state(&server, "rot-attacker"), "requested");
+    let listing = server.admin(&["certs", "list"]);
+    assert_eq!(listing.matches("CN=rot-victim").count(), 1, "{listing}");
+    assert_eq!(listing.matches("CN=rot-attacker").count(), 1, "{listing}");
+    assert!(
+        broker.log().contains("Denied PUBLISH")
+            || !server.log().contains("rot-victim step=\"csr_res\""),
+        "{}",
+        broker.log()
+    );
+}
