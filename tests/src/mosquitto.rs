@@ -38,6 +38,12 @@ impl Mosquitto {
 
     /// Starts the broker on `port`, trusting `server`'s CA for client certificates.
     pub fn start(server: &Server, port: u16) -> Self {
+        Self::start_with_operators(server, port, &[])
+    }
+
+    /// Like [`Mosquitto::start`]; the client ids in `operators` may, like the
+    /// orchestrator, use every device's topics (a fleet simulator).
+    pub fn start_with_operators(server: &Server, port: u16, operators: &[&str]) -> Self {
         let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .map(PathBuf::from)
@@ -54,14 +60,14 @@ impl Mosquitto {
         .collect::<String>();
         std::fs::write(&cafile, chain).unwrap();
         let acl = dir.path().join("acl");
-        std::fs::write(
-            &acl,
-            format!(
-                "user {ORCHESTRATOR}\ntopic readwrite management/topic/#\n\n\
-                 pattern readwrite management/topic/%u/#\n"
-            ),
-        )
-        .unwrap();
+        let mut rules = String::new();
+        for user in std::iter::once(ORCHESTRATOR).chain(operators.iter().copied()) {
+            rules.push_str(&format!(
+                "user {user}\ntopic readwrite management/topic/#\n\n"
+            ));
+        }
+        rules.push_str("pattern readwrite management/topic/%u/#\n");
+        std::fs::write(&acl, rules).unwrap();
         let log = dir.path().join("mosquitto.log");
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
