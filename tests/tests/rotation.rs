@@ -218,6 +218,16 @@ fn rotation_round_trip_on_demand_retires_the_old_certificate() {
         metrics.contains("est_certificates_expiring{within=\"7d\"} 0"),
         "{metrics}"
     );
+    // Without its broker the server is alive but not ready.
+    drop(broker);
+    assert!(
+        wait_for(Duration::from_secs(60), || admin_get(&server, "/readyz")
+            .status
+            == 503),
+        "readyz stayed ready without a broker"
+    );
+    assert!(admin_get(&server, "/readyz").text().contains("broker"));
+    assert_eq!(admin_get(&server, "/healthz").status, 200);
     stop(child);
 }
 
