@@ -365,7 +365,8 @@ impl MqttAgent {
                 match self.csr_for(&publish.payload).await {
                     Ok(csr) => {
                         tracing::info!("publishing csr_res");
-                        let payload = serde_json::to_vec(&CsrResponse { csr })?;
+                        let serial = self.installed_serial();
+                        let payload = serde_json::to_vec(&CsrResponse { csr, serial })?;
                         self.publish(link, Step::CsrRes, payload).await;
                     }
                     Err(e) => self.reject(link, "csr_req", e).await,
@@ -463,7 +464,8 @@ impl MqttAgent {
                         format!("{e:#}; restoring the previous certificate failed: {restore:#}")
                     }
                 };
-                let payload = serde_json::to_vec(&CertificateError { error })?;
+                let serial = self.installed_serial();
+                let payload = serde_json::to_vec(&CertificateError { error, serial })?;
                 match self.read_identity() {
                     Ok(identity) => match self.open(identity).await {
                         Ok(old_link) => {
@@ -547,11 +549,19 @@ impl MqttAgent {
         Ok(())
     }
 
+    /// Serial of the certificate installed now (the one being replaced).
+    fn installed_serial(&self) -> Option<String> {
+        read_certificate(&self.renewer.config().cert)
+            .ok()
+            .map(|c| hex_serial(&c))
+    }
+
     /// Reports a failed `csr_req`/`crt_res` on `crt_err`.
     async fn reject(&self, link: &Link, what: &str, error: anyhow::Error) {
         let error = format!("{error:#}");
         tracing::warn!(message = what, %error, "rotation step failed; keeping the current certificate; publishing crt_err");
-        match serde_json::to_vec(&CertificateError { error }) {
+        let serial = self.installed_serial();
+        match serde_json::to_vec(&CertificateError { error, serial }) {
             Ok(payload) => self.publish(link, Step::CrtErr, payload).await,
             Err(e) => tracing::error!(error = %e, "cannot encode crt_err"),
         }

@@ -475,6 +475,43 @@ impl Authenticator {
         }
     }
 
+    /// The principal for a renewal that arrived outside EST (MQTT
+    /// rotation) on behalf of `certificate`: the same checks as a TLS client
+    /// certificate on `/simplereenroll` — issued here under `label`, current
+    /// (not superseded, revoked or of a disabled device) and valid now.
+    pub async fn rotating_identity(
+        &self,
+        certificate: ClientCertificate,
+        label: &str,
+    ) -> Result<Principal, EstError> {
+        let validity = &certificate.certificate.tbs_certificate.validity;
+        let now = std::time::SystemTime::now();
+        if validity.not_after.to_system_time() <= now || validity.not_before.to_system_time() > now
+        {
+            return Err(EstError::Forbidden(format!(
+                "certificate {} is not valid now",
+                certificate.subject
+            )));
+        }
+        match self.identity(certificate).await? {
+            CertificateKind::Identity(certificate, record) if record.certificate.label == label => {
+                Ok(Principal::Identity {
+                    certificate,
+                    record,
+                })
+            }
+            CertificateKind::Identity(_, record) => Err(EstError::Forbidden(format!(
+                "certificate {} was issued under label `{}`",
+                record.certificate.serial, record.certificate.label
+            ))),
+            CertificateKind::Retired(reason) => Err(EstError::Forbidden(reason)),
+            CertificateKind::Other(certificate) => Err(EstError::Forbidden(format!(
+                "{} is not a certificate issued by this server",
+                certificate.subject
+            ))),
+        }
+    }
+
     async fn identity(&self, certificate: ClientCertificate) -> Result<CertificateKind, EstError> {
         let record = self
             .registry

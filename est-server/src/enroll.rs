@@ -84,6 +84,7 @@ pub struct EnrollService {
     authenticator: Authenticator,
     registry: Arc<dyn Registry>,
     metrics: Arc<Metrics>,
+    reserved_names: Vec<String>,
 }
 
 impl EnrollService {
@@ -97,7 +98,15 @@ impl EnrollService {
             authenticator,
             registry,
             metrics,
+            reserved_names: Vec::new(),
         }
+    }
+
+    /// Common names no client may enroll (the rotation orchestrator's MQTT
+    /// identity: the broker's ACL grants that name every device's topics).
+    pub fn with_reserved_names(mut self, names: Vec<String>) -> Self {
+        self.reserved_names = names;
+        self
     }
 
     /// Runs one enrollment or renewal from credentials to recorded certificate.
@@ -135,10 +144,10 @@ impl EnrollService {
         )];
         let certificate = ClientCertificate::from_chain(chain)
             .ok_or_else(|| EstError::internal("a recorded certificate does not parse"))?;
-        let principal = Principal::Identity {
-            certificate,
-            record: Box::new(record),
-        };
+        let principal = self
+            .authenticator
+            .rotating_identity(certificate, &record.certificate.label)
+            .await?;
         self.enroll_as(label, Operation::SimpleReenroll, principal, csr)
             .await
     }
@@ -151,6 +160,13 @@ impl EnrollService {
         principal: Principal,
         csr: Csr,
     ) -> Result<Enrolled, EstError> {
+        if let Some(cn) = csr.common_name() {
+            if self.reserved_names.contains(&cn) {
+                return Err(EstError::Forbidden(format!(
+                    "CN={cn} is reserved for the server's own use"
+                )));
+            }
+        }
         let renewal_of = authorize(&principal, &csr, label)?;
         if let Principal::Identity { record, .. } = &principal {
             if record.state != CertState::Active {

@@ -727,6 +727,7 @@ async fn rotate(
         client: &client,
         topics: &topics,
         config: &rotation,
+        locks: None,
     };
     // Publishing queues into the event loop, so poll it while auditing.
     let audit = auditor.audit(window, device.as_deref());
@@ -762,11 +763,12 @@ async fn rotate(
         println!("requested  {id}");
     }
     println!(
-        "{} devices asked for a CSR, {} backing off, {} deferred (max_in_flight), {} without a client id",
+        "{} devices asked for a CSR, {} backing off, {} deferred (max_in_flight), {} without a client id, {} already expired",
         report.requested.len(),
         report.backing_off,
         report.deferred,
-        report.without_client_id
+        report.without_client_id,
+        report.expired
     );
     Ok(())
 }

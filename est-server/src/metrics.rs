@@ -111,7 +111,7 @@ impl Metrics {
         let expiring = Family::<Within, Gauge>::default();
         registry.register(
             "certificates_expiring",
-            "Active certificates whose validity ends within the window",
+            "Active certificates whose validity ends within the window (already expired ones included)",
             expiring.clone(),
         );
         let rotations = Family::<StateLabel, Gauge>::default();

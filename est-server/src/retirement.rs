@@ -55,7 +55,9 @@ pub async fn retire_one(
     }
 }
 
-async fn binding_of(registry: &dyn Registry, record: &CertificateRecord) -> Option<Binding> {
+/// Where a certificate is bound in its backend: its device's thing and
+/// policy, or a thing named after its CN.
+pub async fn binding_of(registry: &dyn Registry, record: &CertificateRecord) -> Option<Binding> {
     if let Some(id) = &record.certificate.device_id {
         if let Ok(Some(device)) = registry.device(id).await {
             return Some(Binding {

@@ -124,7 +124,13 @@ pub async fn run(
         config.limits.clone(),
     );
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let enroll = EnrollService::new(authenticator, registry.clone(), metrics.clone());
+    let reserved = config
+        .rotation
+        .iter()
+        .map(|r| r.client_id.clone())
+        .collect();
+    let enroll = EnrollService::new(authenticator, registry.clone(), metrics.clone())
+        .with_reserved_names(reserved);
     let header_case = crate::header_case::template().await?;
     let state = Arc::new(AppState {
         labels,
@@ -154,11 +160,15 @@ pub async fn run(
         });
     }
     if let Some(rotation) = config.rotation.clone().filter(|r| r.enabled) {
-        let pair = crate::rotation::mqtt::client_pair(&rotation, &ca, &config.ca.dir)?;
+        // Fails now (not in the background) when no certificate can be had.
+        crate::rotation::mqtt::client_pair(&rotation, &ca, &config.ca.dir)?;
         let trust = broker_trust(&rotation, &ca)?;
         let state = state.clone();
+        let (pair_config, pair_ca, ca_dir) = (rotation.clone(), ca.clone(), config.ca.dir.clone());
+        let pair_source =
+            move || crate::rotation::mqtt::client_pair(&pair_config, &pair_ca, &ca_dir);
         tokio::spawn(async move {
-            if let Err(e) = crate::rotation::run(state, rotation, trust, pair).await {
+            if let Err(e) = crate::rotation::run(state, rotation, trust, pair_source).await {
                 tracing::error!(error = %format!("{e:#}"), "rotation orchestrator stopped");
             }
         });

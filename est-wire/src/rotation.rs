@@ -7,10 +7,10 @@
 //! | topic       | direction       | payload                                         |
 //! |-------------|-----------------|-------------------------------------------------|
 //! | `csr_req`   | server → device | [`CsrRequest`] `{"serial", "notAfter"}`         |
-//! | `csr_res`   | device → server | [`CsrResponse`] `{"CSR": "<PEM>"}`              |
+//! | `csr_res`   | device → server | [`CsrResponse`] `{"CSR": "<PEM>", "serial"?}`   |
 //! | `crt_res`   | server → device | [`CertificateResponse`] `{"certificatePem", "caPem"}` |
 //! | `crt_ack`   | device → server | [`CertificateAck`] `{"serial"}`                 |
-//! | `crt_err`   | device → server | [`CertificateError`] `{"error"}`                |
+//! | `crt_err`   | device → server | [`CertificateError`] `{"error", "serial"?}`     |
 //!
 //! Every message is published with QoS 1.
 
@@ -121,6 +121,10 @@ pub struct CsrResponse {
     /// PKCS#10 CSR, PEM.
     #[serde(rename = "CSR")]
     pub csr: String,
+    /// Serial of the certificate the device replaces (optional; when
+    /// present, an answer to an earlier rotation is recognised and ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
 }
 
 /// `crt_res`: the new certificate and its issuer chain.
@@ -146,6 +150,9 @@ pub struct CertificateAck {
 pub struct CertificateError {
     /// What went wrong, for the operator.
     pub error: String,
+    /// Serial of the certificate the device keeps (optional, as in [`CsrResponse`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
 }
 
 #[cfg(test)]
@@ -184,6 +191,13 @@ mod tests {
         assert_eq!(json, r#"{"certificatePem":"c","caPem":"a"}"#);
         let csr: CsrResponse = serde_json::from_str(r#"{"CSR":"pem"}"#).unwrap();
         assert_eq!(csr.csr, "pem");
+        assert_eq!(csr.serial, None);
+        let json = serde_json::to_string(&CertificateError {
+            error: "no".into(),
+            serial: Some("0a".into()),
+        })
+        .unwrap();
+        assert_eq!(json, r#"{"error":"no","serial":"0a"}"#);
         let request: CsrRequest =
             serde_json::from_str(r#"{"serial":"0a","notAfter":"2027-01-01T00:00:00Z"}"#).unwrap();
         assert_eq!(request.serial, "0a");

@@ -60,8 +60,17 @@ impl Mosquitto {
         .collect::<String>();
         std::fs::write(&cafile, chain).unwrap();
         let acl = dir.path().join("acl");
-        let mut rules = String::new();
-        for user in std::iter::once(ORCHESTRATOR).chain(operators.iter().copied()) {
+        // The orchestrator reads device answers and writes requests and
+        // certificates, nothing more; operators (a fleet simulator) get all.
+        let mut rules = format!(
+            "user {ORCHESTRATOR}\n\
+             topic read management/topic/+/csr_res\n\
+             topic read management/topic/+/crt_ack\n\
+             topic read management/topic/+/crt_err\n\
+             topic write management/topic/+/csr_req\n\
+             topic write management/topic/+/crt_res\n\n"
+        );
+        for user in operators {
             rules.push_str(&format!(
                 "user {user}\ntopic readwrite management/topic/#\n\n"
             ));
@@ -76,7 +85,7 @@ impl Mosquitto {
                 "user root\n\
                  persistence false\n\
                  log_dest stderr\n\
-                 log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+                 log_type all\n\
                  connection_messages true\n\
                  per_listener_settings false\n\
                  acl_file {acl}\n\

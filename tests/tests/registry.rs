@@ -306,6 +306,50 @@ async fn suite(registry: Arc<dyn Registry>) {
         Err(RegistryError::PredecessorNotActive(_))
     ));
 
+    // With a device: it points back at the reinstated certificate. Once the
+    // successor has been used, nothing can be undone.
+    registry
+        .add_devices(vec![device("SN-R", "hr")])
+        .await
+        .unwrap();
+    registry
+        .reserve_device("SN-R", "hr", "own", unix_now() + 60)
+        .await
+        .unwrap();
+    let claim = DeviceClaim {
+        device_id: "SN-R".into(),
+        owner: "own".into(),
+        cert_id: None,
+    };
+    registry
+        .record_issued(cert("s1", None), None, None, Some(claim))
+        .await
+        .unwrap();
+    registry
+        .record_issued(cert("s2", Some("s1")), Some("s1".into()), None, None)
+        .await
+        .unwrap();
+    let cert_of = |id: &'static str| {
+        let registry = registry.clone();
+        async move { registry.device(id).await.unwrap().unwrap().cert_serial }
+    };
+    assert_eq!(cert_of("SN-R").await.as_deref(), Some("s2"));
+    registry.reinstate_predecessor("s1", "s2").await.unwrap();
+    assert_eq!(cert_of("SN-R").await.as_deref(), Some("s1"));
+    registry
+        .record_issued(cert("s3", Some("s1")), Some("s1".into()), None, None)
+        .await
+        .unwrap();
+    registry.mark_predecessor_proven("fp-s3").await.unwrap();
+    assert!(matches!(
+        registry.reinstate_predecessor("s1", "s3").await,
+        Err(RegistryError::PredecessorNotActive(_))
+    ));
+    assert_eq!(
+        registry.find_by_serial("s3").await.unwrap().unwrap().state,
+        CertState::Active
+    );
+
     // Rotation records: create, replace, list in client id order.
     assert!(registry.rotation("dev-b").await.unwrap().is_none());
     let mut rotation = Rotation {

@@ -468,10 +468,104 @@ fn a_device_cannot_answer_for_another() {
     let listing = server.admin(&["certs", "list"]);
     assert_eq!(listing.matches("CN=rot-victim").count(), 1, "{listing}");
     assert_eq!(listing.matches("CN=rot-attacker").count(), 1, "{listing}");
+    // The broker dropped the publish on the victim's topic (its ACL), so the
+    // server never saw it.
     assert!(
-        broker.log().contains("Denied PUBLISH")
-            || !server.log().contains("rot-victim step=\"csr_res\""),
+        broker.log().contains("Denied PUBLISH from rot-attacker")
+            && broker.log().contains("management/topic/rot-victim/csr_res"),
         "{}",
         broker.log()
+    );
+    assert!(
+        !server.log().contains("client_id=\"rot-victim\""),
+        "{}",
+        server.log()
+    );
+    // The orchestrator's name is reserved: no device can enroll it.
+    let work = tempfile::tempdir().unwrap();
+    let csr = Csr::new(
+        work.path(),
+        "o",
+        KeyType::P256,
+        &format!("/CN={ORCHESTRATOR}"),
+        &[],
+    );
+    let response = post_csr(
+        &server,
+        None,
+        "simpleenroll",
+        &csr.b64,
+        &["-u", "estuser:estpwd"],
+    );
+    assert_eq!(response.status, 403, "{}", response.text());
+    assert!(response.text().contains("reserved"));
+}
+
+#[test]
+fn repeated_and_stale_device_answers_change_nothing() {
+    let (server, broker) = setup("1d", "");
+    let dir = tempfile::tempdir().unwrap();
+    device(&server, &broker, dir.path(), "rot-dup", "");
+    let old = hex_serial(dir.path());
+    server.admin(&["rotate", "--expiring-within", "60d", "--device", "rot-dup"]);
+    let (cert, key) = (dir.path().join("device.pem"), dir.path().join("device.key"));
+    let say = |step: &str, payload: serde_json::Value| {
+        assert!(publish_as(
+            broker.port,
+            "rot-dup",
+            &cert,
+            &key,
+            &server.ca_pem(),
+            &format!("management/topic/rot-dup/{step}"),
+            payload.to_string().as_bytes(),
+        ));
+    };
+    let csr = Csr::new(
+        dir.path(),
+        "next",
+        KeyType::P256,
+        "/CN=rot-dup",
+        &["subjectAltName=DNS:rot-dup.example"],
+    );
+    let pem = est_wire::pem::encode("CERTIFICATE REQUEST", &std::fs::read(&csr.der).unwrap());
+    let answer = serde_json::json!({ "CSR": pem, "serial": old });
+    say("csr_res", answer.clone());
+    assert!(wait_for(Duration::from_secs(30), || rotation_state(
+        &server, "rot-dup"
+    ) == "issued"));
+    let issued = rotation_of(&server, "rot-dup").unwrap()["newSerial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The same answer again (a QoS 1 redelivery): the same certificate, no second one.
+    say("csr_res", answer);
+    // An error report about another certificate (an earlier rotation): ignored.
+    say(
+        "crt_err",
+        serde_json::json!({ "error": "stale", "serial": "0badc0de" }),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let rotation = rotation_of(&server, "rot-dup").unwrap();
+    assert_eq!(rotation["state"], "issued", "{rotation}");
+    assert_eq!(rotation["newSerial"], issued.as_str());
+    let listing = server.admin(&["certs", "list"]);
+    assert_eq!(listing.matches("CN=rot-dup").count(), 2, "{listing}");
+    assert_eq!(cert_state(&server, &issued), "active");
+
+    // The current error report undoes the renewal.
+    say(
+        "crt_err",
+        serde_json::json!({ "error": "cannot install", "serial": old }),
+    );
+    assert!(wait_for(Duration::from_secs(30), || rotation_state(
+        &server, "rot-dup"
+    ) == "failed"));
+    assert_eq!(cert_state(&server, &old), "active");
+    assert_eq!(cert_state(&server, &issued), "revoked");
+    assert!(
+        server.log().contains("the rotation replaces"),
+        "{}",
+        server.log()
     );
 }

@@ -245,8 +245,10 @@ async fn answer(
                 .insert(client_id.to_owned(), Instant::now());
             let key = SigningKey::generate(KeyAlgorithm::EcP256)?;
             let der = est_wire::csr::build(&spec(client_id)?, &key)?;
+            let request: est_wire::rotation::CsrRequest = serde_json::from_slice(payload)?;
             let response = CsrResponse {
                 csr: est_wire::pem::encode("CERTIFICATE REQUEST", &der),
+                serial: Some(request.serial),
             };
             mqtt.publish(
                 topics.topic(client_id, Step::CsrRes),

@@ -804,7 +804,8 @@ impl Registry for DynamoDbRegistry {
                  REMOVE successor, superseded_at, retire_label, proven",
             )
             .condition_expression(
-                "#st = :superseded AND successor = :new AND attribute_not_exists(retired_at)",
+                "#st = :superseded AND successor = :new AND attribute_not_exists(retired_at) \
+                 AND attribute_not_exists(proven)",
             )
             .expression_attribute_names("#st", "state")
             .expression_attribute_values(":active", s("active"))

@@ -180,7 +180,8 @@ pub enum RotationState {
     Issued,
     /// The device acknowledged; the predecessor is retired.
     Acknowledged,
-    /// The device reported `crt_err` (or issuance failed); the old certificate stays.
+    /// The device reported `crt_err`; the old certificate stays (a refused
+    /// CSR leaves the rotation `Requested`, with the reason in `last_error`).
     Failed,
 }
 
@@ -229,7 +230,8 @@ pub struct Rotation {
     pub serial: String,
     /// Where it stands.
     pub state: RotationState,
-    /// `csr_req` messages sent for this certificate.
+    /// Requests sent to the device for this certificate (`csr_req`, and
+    /// `crt_res` sent again while no `crt_ack` came).
     pub attempts: u32,
     /// The last error (device `crt_err` or a refused `csr_res`).
     pub last_error: Option<String>,
@@ -481,7 +483,7 @@ pub trait Registry: Send + Sync {
     async fn release_device(&self, id: &str, owner: &str) -> Result<(), RegistryError>;
 
     /// Undoes a renewal the device could not use: `successor` (which must
-    /// still be active and the successor of `predecessor`) becomes revoked and
+    /// still be active, never used, and the successor of `predecessor`) becomes revoked and
     /// `predecessor` (superseded, not retired) active again, with its device
     /// pointing back at it.
     async fn reinstate_predecessor(

@@ -752,7 +752,7 @@ impl Registry for SqliteRegistry {
                     "UPDATE certificates SET state = 'active', successor = NULL,
                          superseded_at = NULL, proven = 0
                      WHERE serial = ?1 AND state = 'superseded' AND successor = ?2
-                       AND retired_at IS NULL",
+                       AND retired_at IS NULL AND proven = 0",
                     params![old, new],
                 )
                 .map_err(db)?;

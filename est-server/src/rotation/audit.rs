@@ -25,7 +25,14 @@ pub enum Decision {
     BackingOff(String),
     /// The certificate has no usable client id (no CN, or MQTT wildcards in it).
     NoClientId(String),
+    /// The certificate has already expired: the device cannot reach the
+    /// broker with it, so only its bootstrap credentials can help.
+    Expired(String),
 }
+
+/// Requests a device may leave unanswered before it counts as offline and
+/// stops holding one of the `max_in_flight` slots.
+pub const OFFLINE_AFTER_ATTEMPTS: u32 = 3;
 
 /// The client id of a recorded certificate: its subject CN, when that can
 /// be one MQTT topic level.
@@ -46,6 +53,9 @@ pub fn decide(
     let Some(client_id) = client_id_of(record) else {
         return Decision::NoClientId(record.certificate.serial.clone());
     };
+    if record.certificate.not_after <= now {
+        return Decision::Expired(client_id);
+    }
     match rotations.get(&client_id) {
         Some(rotation) if rotation.serial == record.certificate.serial => {
             if rotation.next_attempt_at > now && !force {
@@ -73,12 +83,16 @@ pub fn next_attempt_at(now: i64, attempt: u32, retry_after: Duration) -> i64 {
 }
 
 /// Rotations waiting on a device right now (bounded by `max_in_flight`).
+/// Devices that left [`OFFLINE_AFTER_ATTEMPTS`] requests unanswered are
+/// still asked after their back-off but hold no slot, so a set of dead
+/// devices cannot starve the live ones.
 pub fn in_flight(rotations: &HashMap<String, Rotation>, now: i64) -> usize {
     rotations
         .values()
         .filter(|r| {
             matches!(r.state, RotationState::Requested | RotationState::Issued)
                 && r.next_attempt_at > now
+                && r.attempts <= OFFLINE_AFTER_ATTEMPTS
         })
         .count()
 }

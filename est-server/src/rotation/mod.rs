@@ -52,6 +52,8 @@ pub struct AuditReport {
     pub deferred: usize,
     /// Expiring certificates without a usable client id (no CN).
     pub without_client_id: usize,
+    /// Certificates already expired (the device needs its bootstrap credentials).
+    pub expired: usize,
 }
 
 /// Selects and asks devices: the part shared by the scheduled audit and
@@ -65,6 +67,30 @@ pub struct Auditor<'a> {
     pub topics: &'a Topics,
     /// Back-off and concurrency settings.
     pub config: &'a RotationConfig,
+    /// The orchestrator's per-device locks, when auditing inside `serve`.
+    pub locks: Option<&'a DeviceLocks>,
+}
+
+/// One lock per device, so the messages of one device and the audit's
+/// decision about it are handled one at a time (others run in parallel).
+#[derive(Default)]
+pub struct DeviceLocks {
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl DeviceLocks {
+    /// Waits for `client_id`'s lock.
+    pub async fn lock(&self, client_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget the locks nobody holds or waits for.
+            if locks.len() > 1024 {
+                locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            }
+            locks.entry(client_id.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
 }
 
 impl Auditor<'_> {
@@ -91,8 +117,8 @@ impl Auditor<'_> {
         let mut in_flight = audit::in_flight(&rotations, now);
         for record in &expiring {
             let decision = audit::decide(record, &rotations, now, device.is_some());
-            let (client_id, attempt) = match decision {
-                Decision::Ask { client_id, attempt } => (client_id, attempt),
+            let client_id = match decision {
+                Decision::Ask { client_id, .. } => client_id,
                 Decision::BackingOff(client_id) => {
                     if device.is_none_or(|d| d == client_id) {
                         report.backing_off += 1;
@@ -103,6 +129,12 @@ impl Auditor<'_> {
                     report.without_client_id += 1;
                     continue;
                 }
+                Decision::Expired(client_id) => {
+                    if device.is_none_or(|d| d == client_id) {
+                        report.expired += 1;
+                    }
+                    continue;
+                }
             };
             if device.is_some_and(|d| d != client_id) {
                 continue;
@@ -111,6 +143,19 @@ impl Auditor<'_> {
                 report.deferred += 1;
                 continue;
             }
+            // Decide again on the stored record, under the device's lock: a
+            // device message may have moved it on since the snapshot.
+            let _guard = match self.locks {
+                Some(locks) => Some(locks.lock(&client_id).await),
+                None => None,
+            };
+            if let Some(fresh) = self.registry.rotation(&client_id).await? {
+                rotations.insert(client_id.clone(), fresh);
+            }
+            let attempt = match audit::decide(record, &rotations, now, device.is_some()) {
+                Decision::Ask { attempt, .. } => attempt,
+                _ => continue,
+            };
             let previous = rotations.get(&client_id);
             let rotation = Rotation {
                 client_id: client_id.clone(),
@@ -151,6 +196,18 @@ impl Auditor<'_> {
     }
 }
 
+/// Refuses a device answer that names another certificate than the one this
+/// rotation replaces (a late or redelivered answer to an earlier rotation).
+fn ensure_current(serial: Option<&str>, rotation: &Rotation) -> anyhow::Result<()> {
+    match serial {
+        Some(serial) if serial != rotation.serial => anyhow::bail!(
+            "the answer is about certificate {serial}, but the rotation replaces {}",
+            rotation.serial
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn rfc3339(unix: i64) -> String {
     humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64),
@@ -163,18 +220,26 @@ pub struct Orchestrator {
     state: Arc<AppState>,
     config: RotationConfig,
     topics: Topics,
-    client: AsyncClient,
+    client: std::sync::RwLock<AsyncClient>,
     webhook: Option<Webhook>,
+    locks: DeviceLocks,
 }
 
+/// How often the orchestrator checks that its own MQTT certificate has
+/// enough life left (it reconnects with a fresh one when not).
+const CLIENT_CERT_CHECK: Duration = Duration::from_secs(3600);
+
 /// Connects to the broker and runs the orchestrator until the process ends:
-/// the scheduled audit, and the handlers for device answers.
+/// the scheduled audit, and the handlers for device answers. `pair_source`
+/// yields the orchestrator's client certificate (reissuing it when near its
+/// end); it is asked again every hour.
 pub async fn run(
     state: Arc<AppState>,
     config: RotationConfig,
     trust_pem: Vec<u8>,
-    pair: mqtt::ClientPair,
+    pair_source: impl Fn() -> anyhow::Result<mqtt::ClientPair>,
 ) -> anyhow::Result<()> {
+    let mut pair = pair_source()?;
     let (client, mut events) = mqtt::connect(&config, &config.client_id, false, &trust_pem, &pair)?;
     let webhook = config.webhook.as_deref().map(Webhook::new).transpose()?;
     state
@@ -185,14 +250,39 @@ pub async fn run(
         topics: Topics::new(&config.topic_prefix),
         state,
         config,
-        client,
+        client: std::sync::RwLock::new(client),
         webhook,
+        locks: DeviceLocks::default(),
     });
     tokio::spawn(orchestrator.clone().audit_schedule());
     let handlers = Arc::new(tokio::sync::Semaphore::new(HANDLER_CONCURRENCY));
     let mut failures = 0u32;
+    let mut cert_check = tokio::time::interval(CLIENT_CERT_CHECK);
+    cert_check.tick().await;
     loop {
-        match events.poll().await {
+        let event = tokio::select! {
+            event = events.poll() => event,
+            _ = cert_check.tick() => {
+                let fresh = pair_source()?;
+                if mqtt::fingerprint(&fresh) != mqtt::fingerprint(&pair) {
+                    // The persistent session keeps subscriptions and queued answers.
+                    tracing::info!("rotation: reconnecting with a renewed MQTT client certificate");
+                    let _ = orchestrator.client().disconnect().await;
+                    let (client, fresh_events) = mqtt::connect(
+                        &orchestrator.config,
+                        &orchestrator.config.client_id,
+                        false,
+                        &trust_pem,
+                        &fresh,
+                    )?;
+                    *orchestrator.client.write().unwrap_or_else(|e| e.into_inner()) = client;
+                    events = fresh_events;
+                    pair = fresh;
+                }
+                continue;
+            }
+        };
+        match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
                 orchestrator
@@ -207,7 +297,7 @@ pub async fn run(
                         QoS::AtLeastOnce,
                     )
                 });
-                if let Err(e) = orchestrator.client.try_subscribe_many(filters) {
+                if let Err(e) = orchestrator.client().try_subscribe_many(filters) {
                     tracing::error!(error = %e, "rotation: cannot subscribe");
                 }
             }
@@ -229,7 +319,7 @@ pub async fn run(
                     .broker_connected
                     .store(false, Ordering::Relaxed);
                 failures += 1;
-                let wait = Duration::from_secs(1 << failures.min(5));
+                let wait = Duration::from_secs(1 << (failures - 1).min(4));
                 tracing::warn!(error = %e, retry_in_secs = wait.as_secs(), "rotation: MQTT connection failed");
                 tokio::time::sleep(wait).await;
             }
@@ -238,6 +328,15 @@ pub async fn run(
 }
 
 impl Orchestrator {
+    /// The current MQTT client (replaced when the orchestrator reconnects
+    /// with a renewed certificate).
+    fn client(&self) -> AsyncClient {
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     async fn audit_schedule(self: Arc<Self>) {
         // A short pause lets the first connection come up.
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -252,11 +351,13 @@ impl Orchestrator {
     /// Asks expiring devices for CSRs and sends unacknowledged certificates again.
     async fn scheduled_audit(&self) -> anyhow::Result<()> {
         let registry = &*self.state.registry;
+        let client = self.client();
         let auditor = Auditor {
             registry,
-            client: &self.client,
+            client: &client,
             topics: &self.topics,
             config: &self.config,
+            locks: Some(&self.locks),
         };
         let report = auditor.audit(self.config.expiring_within, None).await?;
         for _ in &report.requested {
@@ -269,7 +370,15 @@ impl Orchestrator {
             .into_iter()
             .map(|r| (r.client_id.clone(), r))
             .collect();
-        for mut rotation in audit::unacknowledged(&rotations, now) {
+        for rotation in audit::unacknowledged(&rotations, now) {
+            let _guard = self.locks.lock(&rotation.client_id).await;
+            // Re-read under the lock: the device may have answered meanwhile.
+            let Some(mut rotation) = registry.rotation(&rotation.client_id).await? else {
+                continue;
+            };
+            if rotation.state != RotationState::Issued || rotation.next_attempt_at > now {
+                continue;
+            }
             let Some(new_serial) = rotation.new_serial.clone() else {
                 continue;
             };
@@ -302,6 +411,7 @@ impl Orchestrator {
         let Some((client_id, step)) = self.topics.parse(topic) else {
             return;
         };
+        let _guard = self.locks.lock(client_id).await;
         let outcome = match step {
             Step::CsrRes => self.on_csr(client_id, payload).await,
             Step::CrtAck => self.on_ack(client_id, payload).await,
@@ -319,6 +429,7 @@ impl Orchestrator {
         let registry = &*self.state.registry;
         let mut rotation = self.waiting_rotation(client_id).await?;
         let response: CsrResponse = serde_json::from_slice(payload).context("csr_res payload")?;
+        ensure_current(response.serial.as_deref(), &rotation)?;
         let old = self.device_certificate(client_id, &rotation.serial).await?;
         let label = self
             .state
@@ -412,13 +523,22 @@ impl Orchestrator {
         let report: CertificateError =
             serde_json::from_slice(payload).context("crt_err payload")?;
         let mut rotation = self.waiting_rotation(client_id).await?;
+        ensure_current(report.serial.as_deref(), &rotation)?;
         if let (RotationState::Issued, Some(new_serial)) = (rotation.state, &rotation.new_serial) {
-            registry
+            match registry
                 .reinstate_predecessor(&rotation.serial, new_serial)
                 .await
-                .context("reinstating the old certificate")?;
-            if let Some(abandoned) = registry.find_by_serial(new_serial).await? {
-                self.take_back(&abandoned).await;
+            {
+                Ok(()) => {
+                    if let Some(abandoned) = registry.find_by_serial(new_serial).await? {
+                        self.take_back(&abandoned).await;
+                    }
+                }
+                // Already used, retired or renewed since: the failure is
+                // still recorded and reported, the registry left as it is.
+                Err(e) => {
+                    tracing::warn!(client_id, serial = %rotation.serial, error = %e, "rotation: the old certificate cannot be reinstated")
+                }
             }
         }
         let now = unix_now();
@@ -451,7 +571,8 @@ impl Orchestrator {
             return;
         };
         if let Some(label) = self.state.labels.get(&abandoned.certificate.label) {
-            if let Err(e) = label.backend.retire(backend_ref, None).await {
+            let binding = crate::retirement::binding_of(&*self.state.registry, abandoned).await;
+            if let Err(e) = label.backend.retire(backend_ref, binding.as_ref()).await {
                 self.state
                     .metrics
                     .backend_error(&abandoned.certificate.label);
@@ -516,7 +637,7 @@ impl Orchestrator {
                 .map(est_wire::pem::certificate_to_pem)
                 .collect(),
         };
-        self.client
+        self.client()
             .publish(
                 self.topics.topic(client_id, Step::CrtRes),
                 QoS::AtLeastOnce,

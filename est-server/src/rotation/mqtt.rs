@@ -21,8 +21,13 @@ pub struct ClientPair {
     pub key: PathBuf,
 }
 
-/// The configured pair, or one the local CA issues (CN = `client_id`, kept
-/// in the CA directory, key 0600, reissued when less than a day is left).
+/// Lifetime of the orchestrator certificate the local CA issues.
+const ISSUED_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+/// It is reissued when less than this is left.
+const REISSUE_BEFORE: Duration = Duration::from_secs(30 * 86_400);
+
+/// The configured pair, or one the local CA issues (CN = `client_id`, valid a
+/// year, kept in the CA directory, key 0600, reissued 30 days before its end).
 pub fn client_pair(
     config: &RotationConfig,
     ca: &LocalCa,
@@ -38,14 +43,22 @@ pub fn client_pair(
         cert: ca_dir.join("rotation-client.pem"),
         key: ca_dir.join("rotation-client.key"),
     };
-    if still_valid(&pair.cert, Duration::from_secs(86_400)) && pair.key.exists() {
+    if still_valid(&pair.cert, REISSUE_BEFORE) && pair.key.exists() {
         return Ok(pair);
     }
     let key = SigningKey::generate(KeyAlgorithm::EcP256).context("orchestrator key")?;
     let subject = ca_backends::local::parse_name(&format!("CN={}", config.client_id))
         .context("orchestrator subject")?;
     let issued = ca
-        .issue(&subject, &key.public_key_info(), &[], &Profile::default())
+        .issue(
+            &subject,
+            &key.public_key_info(),
+            &[],
+            &Profile {
+                validity: ISSUED_LIFETIME,
+                ..Profile::default()
+            },
+        )
         .context("orchestrator certificate")?;
     write_private(&pair.key, key.to_pkcs8_pem().as_bytes())?;
     std::fs::write(
@@ -55,6 +68,13 @@ pub fn client_pair(
     .with_context(|| format!("cannot write {}", pair.cert.display()))?;
     tracing::info!(cert = %pair.cert.display(), "issued the rotation orchestrator's MQTT client certificate");
     Ok(pair)
+}
+
+/// SHA-256 of the pair's certificate file (changes when it is reissued).
+pub fn fingerprint(pair: &ClientPair) -> Option<String> {
+    std::fs::read(&pair.cert)
+        .ok()
+        .map(|pem| est_wire::sha256_hex(&pem))
 }
 
 fn still_valid(path: &std::path::Path, margin: Duration) -> bool {
