@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use argon2::Argon2;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use der::Decode;
@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{AuthMethod, LabelConfig, Limits, UserConfig};
 use crate::error::EstError;
+use crate::password::PasswordChecker;
 use crate::registry::{CertState, CertificateRecord, DeviceState, Registry};
 use crate::router::Operation;
 
@@ -65,14 +66,18 @@ pub fn parse_basic(header: &[u8]) -> Result<BasicCredentials, EstError> {
 /// Configured Basic users with their argon2 hashes.
 pub struct Users {
     hashes: HashMap<String, String>,
-    /// Verified against for unknown users, so timing does not reveal which names exist.
-    decoy: String,
+    /// Argon2 checks, one at a time on one buffer (see [`crate::password`]).
+    checker: PasswordChecker,
     /// Recently verified credentials, as HMAC-SHA256 under a per-process
     /// random key (never the password), so a client that authenticates on
     /// every request does not pay argon2 each time.
     verified: std::sync::Mutex<HashMap<[u8; 32], std::time::Instant>>,
     cache_key: aws_lc_rs::hmac::Key,
 }
+
+/// Checked instead of a real hash for unknown users, so timing does not
+/// reveal which names exist (the argon2id hash of a constant, default cost).
+const DECOY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$GCvVV0DWUx3pOAfTKA0e9A$wQtVU/+GrF1RjyfhdZpAoNqvBy9LYAj/zKS3fW2G6yY";
 
 /// How long a verified Basic credential is remembered.
 const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
@@ -89,8 +94,7 @@ impl Users {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         Self {
             hashes,
-            decoy: hash_password("decoy password for unknown users")
-                .expect("hashing a constant cannot fail"),
+            checker: PasswordChecker::new(),
             verified: std::sync::Mutex::new(HashMap::new()),
             cache_key: aws_lc_rs::hmac::Key::generate(aws_lc_rs::hmac::HMAC_SHA256, &rng)
                 .expect("system randomness"),
@@ -110,25 +114,26 @@ impl Users {
             return true;
         }
         let users = self.clone();
-        let verified = tokio::task::spawn_blocking(move || {
-            let (hash, known) = match users.hashes.get(&credentials.user) {
-                Some(hash) => (hash.as_str(), true),
-                None => (users.decoy.as_str(), false),
-            };
-            let Ok(parsed) = PasswordHash::new(hash) else {
-                return false;
-            };
-            let matches = Argon2::default()
-                .verify_password(credentials.password.as_bytes(), &parsed)
-                .is_ok();
-            matches && known
+        tokio::task::spawn_blocking(move || {
+            users.checker.exclusive(|session| {
+                // Concurrent requests with the same credentials wait here;
+                // the first one's success serves them all.
+                if users.recently_verified(&fingerprint) {
+                    return true;
+                }
+                let (hash, known) = match users.hashes.get(&credentials.user) {
+                    Some(hash) => (hash.as_str(), true),
+                    None => (DECOY_HASH, false),
+                };
+                let verified = session.verify(credentials.password.as_bytes(), hash) && known;
+                if verified {
+                    users.remember(fingerprint);
+                }
+                verified
+            })
         })
         .await
-        .unwrap_or(false);
-        if verified {
-            self.remember(fingerprint);
-        }
-        verified
+        .unwrap_or(false)
     }
 
     fn credential_fingerprint(&self, credentials: &BasicCredentials) -> [u8; 32] {

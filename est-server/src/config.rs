@@ -490,12 +490,21 @@ impl Config {
             self.validate_label(&format!("labels.{name}"), label)?;
         }
         for (i, user) in self.users.iter().enumerate() {
-            argon2::PasswordHash::new(&user.password_hash).map_err(|e| {
+            let hash = argon2::PasswordHash::new(&user.password_hash).map_err(|e| {
                 anyhow::anyhow!(
                     "users[{i}].password_hash ({}): not an argon2 PHC string: {e}",
                     user.name
                 )
             })?;
+            let params = argon2::Params::try_from(&hash)
+                .map_err(|e| anyhow::anyhow!("users[{i}].password_hash ({}): {e}", user.name))?;
+            if params.m_cost() > crate::password::MAX_MEMORY_KIB {
+                bail!(
+                    "users[{i}].password_hash ({}): argon2 memory cost above {} KiB",
+                    user.name,
+                    crate::password::MAX_MEMORY_KIB
+                );
+            }
         }
         if let Some(rotation) = &self.rotation {
             if rotation.cert.is_some() != rotation.key.is_some() {

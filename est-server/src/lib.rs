@@ -20,6 +20,7 @@ pub mod fuzzing;
 pub mod header_case;
 pub mod http;
 pub mod metrics;
+pub mod password;
 pub mod registry;
 pub mod retirement;
 pub mod rotation;
