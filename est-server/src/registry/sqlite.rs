@@ -322,7 +322,7 @@ impl Registry for SqliteRegistry {
                 }
                 device_id = Some(claim.device_id.clone());
             }
-            exec(tx, 
+            exec(tx,
                 "INSERT INTO certificates (serial, fingerprint, label, subject, san, not_before,
                      not_after, auth, predecessor, successor, state, issued_at, der, device_id,
                      backend_ref)
@@ -345,7 +345,7 @@ impl Registry for SqliteRegistry {
             )
             .map_err(db)?;
             if let Some(device) = &device_id {
-                exec(tx, 
+                exec(tx,
                     "UPDATE devices SET cert_serial = ?1, cert_fingerprint = ?2, cert_not_after = ?3,
                          cert_id = COALESCE(?4, cert_id)
                      WHERE id = ?5",
@@ -360,7 +360,7 @@ impl Registry for SqliteRegistry {
                 .map_err(db)?;
             }
             if let Some(id) = &pending_id {
-                exec(tx, 
+                exec(tx,
                     "UPDATE pending_requests SET state = 'issued', issued_serial = ?1 WHERE id = ?2",
                     params![certificate.serial, id],
                 )
@@ -535,7 +535,7 @@ impl Registry for SqliteRegistry {
 
     async fn add_pending(&self, request: PendingRequest) -> Result<(), RegistryError> {
         self.write(move |conn| {
-            exec(conn, 
+            exec(conn,
                 "INSERT OR IGNORE INTO pending_requests (id, label, subject, requested_by, state, created_at)
                  VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
                 params![request.id, request.label, request.subject, request.requested_by, request.created_at],
@@ -675,7 +675,7 @@ impl Registry for SqliteRegistry {
     ) -> Result<(), RegistryError> {
         let id = id.to_owned();
         self.write(move |conn| {
-            exec(conn, 
+            exec(conn,
                 "UPDATE devices SET
                      failed_attempts = failed_attempts + 1,
                      locked_until = CASE WHEN failed_attempts + 1 >= ?1 THEN ?2 ELSE locked_until END
@@ -728,7 +728,7 @@ impl Registry for SqliteRegistry {
     async fn release_device(&self, id: &str, owner: &str) -> Result<(), RegistryError> {
         let (id, owner) = (id.to_owned(), owner.to_owned());
         self.write(move |conn| {
-            exec(conn, 
+            exec(conn,
                 "UPDATE devices SET lease_owner = NULL, lease_until = NULL WHERE id = ?1 AND lease_owner = ?2",
                 params![id, owner],
             )
