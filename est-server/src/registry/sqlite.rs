@@ -160,8 +160,11 @@ CREATE TABLE IF NOT EXISTS devices (
 /// Indexes, created after [`migrate`] has added any missing column.
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates(state, not_after);
-CREATE INDEX IF NOT EXISTS certificates_device ON certificates(device_id);
-CREATE INDEX IF NOT EXISTS certificates_retirement ON certificates(state, retired_at, label);
+DROP INDEX IF EXISTS certificates_device;
+CREATE INDEX IF NOT EXISTS certificates_by_device ON certificates(device_id, issued_at DESC, serial);
+DROP INDEX IF EXISTS certificates_retirement;
+CREATE INDEX IF NOT EXISTS certificates_retire_queue ON certificates(state, retired_at, label, superseded_at);
+CREATE INDEX IF NOT EXISTS certificates_issued ON certificates(issued_at DESC, serial);
 ";
 
 /// Brings a registry made by an earlier version up to the current schema.
@@ -376,10 +379,8 @@ impl Registry for SqliteRegistry {
         fingerprint: &str,
     ) -> Result<Option<CertificateRecord>, RegistryError> {
         let fingerprint = fingerprint.to_owned();
-        self.with(move |conn| {
-            Ok(Self::query_records(conn, "WHERE fingerprint = ?1", [fingerprint])?.pop())
-        })
-        .await
+        self.with(move |conn| Ok(Self::query_records(conn, BY_FINGERPRINT, [fingerprint])?.pop()))
+            .await
     }
 
     async fn find_by_serial(
@@ -387,7 +388,7 @@ impl Registry for SqliteRegistry {
         serial: &str,
     ) -> Result<Option<CertificateRecord>, RegistryError> {
         let serial = serial.to_owned();
-        self.with(move |conn| Ok(Self::query_records(conn, "WHERE serial = ?1", [serial])?.pop()))
+        self.with(move |conn| Ok(Self::query_records(conn, BY_SERIAL, [serial])?.pop()))
             .await
     }
 
@@ -395,14 +396,8 @@ impl Registry for SqliteRegistry {
         &self,
         limit: usize,
     ) -> Result<Vec<CertificateRecord>, RegistryError> {
-        self.with(move |conn| {
-            Self::query_records(
-                conn,
-                "ORDER BY issued_at DESC, serial LIMIT ?1",
-                [limit as i64],
-            )
-        })
-        .await
+        self.with(move |conn| Self::query_records(conn, NEWEST_FIRST, [limit as i64]))
+            .await
     }
 
     async fn expiring_before(
@@ -411,24 +406,16 @@ impl Registry for SqliteRegistry {
         limit: usize,
     ) -> Result<Vec<CertificateRecord>, RegistryError> {
         self.with(move |conn| {
-            Self::query_records(
-                conn,
-                "WHERE state = 'active' AND not_after < ?1 ORDER BY not_after LIMIT ?2",
-                params![before, limit as i64],
-            )
+            Self::query_records(conn, EXPIRING_BEFORE, params![before, limit as i64])
         })
         .await
     }
 
     async fn count_expiring_before(&self, before: i64) -> Result<u64, RegistryError> {
         self.with(move |conn| {
-            conn.query_row(
-                "SELECT COUNT(*) FROM certificates WHERE state = 'active' AND not_after <= ?1",
-                [before],
-                |row| row.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-            .map_err(db)
+            conn.query_row(COUNT_EXPIRING, [before], |row| row.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(db)
         })
         .await
     }
@@ -478,8 +465,7 @@ impl Registry for SqliteRegistry {
         self.with(move |conn| {
             Self::query_records(
                 conn,
-                "WHERE state = 'superseded' AND retired_at IS NULL AND label = ?1
-                   AND (proven = 1 OR superseded_at < ?2) ORDER BY superseded_at LIMIT ?3",
+                RETIREMENT_CANDIDATES,
                 params![label, superseded_before, limit as i64],
             )
         })
@@ -643,14 +629,8 @@ impl Registry for SqliteRegistry {
 
     async fn device_certificates(&self, id: &str) -> Result<Vec<CertificateRecord>, RegistryError> {
         let id = id.to_owned();
-        self.with(move |conn| {
-            Self::query_records(
-                conn,
-                "WHERE device_id = ?1 ORDER BY issued_at DESC, serial",
-                [id],
-            )
-        })
-        .await
+        self.with(move |conn| Self::query_records(conn, OF_DEVICE, [id]))
+            .await
     }
 
     async fn disable_device(&self, id: &str) -> Result<(), RegistryError> {
@@ -834,6 +814,19 @@ impl Registry for SqliteRegistry {
     }
 }
 
+// Certificate look-ups (after `SELECT {COLUMNS} FROM certificates`); the
+// `query_plans_use_indexes` test checks that none of them scans the table.
+const BY_FINGERPRINT: &str = "WHERE fingerprint = ?1";
+const BY_SERIAL: &str = "WHERE serial = ?1";
+const NEWEST_FIRST: &str = "ORDER BY issued_at DESC, serial LIMIT ?1";
+const EXPIRING_BEFORE: &str =
+    "WHERE state = 'active' AND not_after < ?1 ORDER BY not_after LIMIT ?2";
+const RETIREMENT_CANDIDATES: &str = "WHERE state = 'superseded' AND retired_at IS NULL \
+    AND label = ?1 AND (proven = 1 OR superseded_at < ?2) ORDER BY superseded_at LIMIT ?3";
+const OF_DEVICE: &str = "WHERE device_id = ?1 ORDER BY issued_at DESC, serial";
+const COUNT_EXPIRING: &str =
+    "SELECT COUNT(*) FROM certificates WHERE state = 'active' AND not_after <= ?1";
+
 const ROTATION_COLUMNS: &str = "client_id, serial, state, attempts, last_error, new_serial, \
     requested_at, updated_at, next_attempt_at";
 
@@ -926,3 +919,40 @@ fn read_device(row: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
 
 // Behaviour is tested by the registry conformance suite
 // (tests/tests/registry.rs), which runs on this store and on DynamoDB alike.
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every certificate look-up runs on an index, so a registry of a million
+    /// certificates answers renewals, audits and listings without table scans.
+    #[test]
+    fn query_plans_use_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let _registry = SqliteRegistry::open(&dir.path().join("r.sqlite")).unwrap();
+        let conn = Connection::open(dir.path().join("r.sqlite")).unwrap();
+        let queries = [
+            BY_FINGERPRINT,
+            BY_SERIAL,
+            NEWEST_FIRST,
+            EXPIRING_BEFORE,
+            RETIREMENT_CANDIDATES,
+            OF_DEVICE,
+        ]
+        .map(|tail| format!("SELECT {COLUMNS} FROM certificates {tail}"));
+        for sql in queries.iter().map(String::as_str).chain([COUNT_EXPIRING]) {
+            let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let mut steps = Vec::new();
+            let mut rows = plan.raw_query();
+            while let Some(row) = rows.next().unwrap() {
+                steps.push(row.get::<_, String>(3).unwrap());
+            }
+            assert!(
+                steps
+                    .iter()
+                    .all(|s| s != "SCAN certificates" && !s.contains("TEMP B-TREE")),
+                "{sql}: {steps:?}"
+            );
+        }
+    }
+}
