@@ -127,3 +127,91 @@ fn every_certificate_received_before_a_kill_9_is_in_the_registry() {
     }
     server.assert_healthy();
 }
+
+/// 1,000 concurrent enrollments replaying one token, split across two server
+/// processes that share one SQLite registry: exactly one certificate.
+#[test]
+fn a_thousand_replays_of_one_token_across_two_processes_yield_one_certificate() {
+    let shared_registry = tempfile::tempdir().unwrap();
+    let registry_path = shared_registry.path().join("registry.sqlite");
+    let tables = format!(
+        "[registry]\npath = \"{}\"\n[labels.fleet]\nprofile = \"device\"\nauth = [\"device-token\"]\n\
+         [limits]\nmax_connections = 4096\nfailures_per_minute_per_address = 100000\n",
+        registry_path.display()
+    );
+    let server_a = Server::start_with(&config_with(&tables), None);
+    let ca_dir = server_a.path("ca");
+    let server_b = Server::start_with(
+        &config_with(&format!("{tables}[ca]\ndir = \"{}\"\n", ca_dir.display())),
+        None,
+    );
+    let out = server_a.admin(&["devices", "add", "RACE-1000", "--label", "fleet"]);
+    let token = out.trim().rsplit(' ').next().unwrap().to_owned();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcomes: Vec<Result<(), u16>> = runtime.block_on(async {
+        let key =
+            est_wire::keys::SigningKey::generate(est_wire::keys::KeyAlgorithm::EcP256).unwrap();
+        let spec = est_wire::csr::CsrSpec {
+            subject: "CN=RACE-1000".parse().unwrap(),
+            ..Default::default()
+        };
+        let csr = std::sync::Arc::new(est_wire::csr::build(&spec, &key).unwrap());
+        let clients: Vec<_> = [&server_a, &server_b]
+            .iter()
+            .map(|server| {
+                let mut config = est_client::client::EstClientConfig::new(
+                    format!("localhost:{}", server.addr.rsplit(':').next().unwrap()),
+                    est_client::transport::ServerTrust::Anchors(
+                        est_client::transport::read_certs(&server.ca_pem()).unwrap(),
+                    ),
+                );
+                config.label = Some("fleet".into());
+                config.basic = Some(("RACE-1000".into(), token.clone().into()));
+                config.timeout = Duration::from_secs(120);
+                std::sync::Arc::new(est_client::client::EstClient::new(config).unwrap())
+            })
+            .collect();
+        let tasks: Vec<_> = (0..1000)
+            .map(|i| {
+                let (client, csr) = (clients[i % 2].clone(), csr.clone());
+                tokio::spawn(async move {
+                    match client
+                        .simpleenroll(est_client::client::CsrSource::Der(&csr))
+                        .await
+                    {
+                        Ok(_) => Ok(()),
+                        Err(est_client::client::ClientError::Server { status, .. }) => Err(status),
+                        Err(other) => panic!("request failed outside HTTP: {other}"),
+                    }
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        outcomes
+    });
+    let issued = outcomes.iter().filter(|o| o.is_ok()).count();
+    let mut refusals = std::collections::BTreeMap::new();
+    for status in outcomes.iter().filter_map(|o| o.err()) {
+        *refusals.entry(status).or_insert(0) += 1;
+    }
+    assert_eq!(issued, 1, "refusals: {refusals:?}");
+    assert!(
+        refusals.keys().all(|s| *s == 403),
+        "only 403 for the replays: {refusals:?}"
+    );
+    let show = server_b.admin(&["devices", "show", "RACE-1000"]);
+    assert_eq!(
+        show.matches("auth=device-token:RACE-1000").count(),
+        1,
+        "{show}"
+    );
+    server_a.assert_healthy();
+    server_b.assert_healthy();
+}

@@ -94,6 +94,18 @@ fn writer_loop(conn: Connection, requests: std::sync::mpsc::Receiver<WriteReques
     }
 }
 
+/// Copies committed WAL frames into the database file twice a second
+/// (PASSIVE: never blocks the writer or readers).
+fn checkpoint_loop(connection: Connection) {
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let checkpoint = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        if let Err(e) = checkpoint {
+            tracing::warn!(error = %e, "registry checkpoint failed; retrying");
+        }
+    }
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS certificates (
     serial       TEXT PRIMARY KEY,
@@ -212,6 +224,19 @@ impl SqliteRegistry {
         migrate(&connection)?;
         let write_connection = Connection::open(path).map_err(db)?;
         write_connection.set_prepared_statement_cache_capacity(64);
+        // Checkpoints run beside the writer, not inside its commits (on a
+        // large registry they copy random pages and would stall a batch).
+        write_connection
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(db)?;
+        let checkpoint_connection = Connection::open(path).map_err(db)?;
+        checkpoint_connection
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db)?;
+        std::thread::Builder::new()
+            .name("registry-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoint_connection))
+            .map_err(|e| RegistryError::Task(e.to_string()))?;
         write_connection
             .pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
