@@ -267,18 +267,7 @@ impl Server {
 
     /// Runs an `est-server` admin subcommand against this server's data dir.
     pub fn admin(&self, args: &[&str]) -> String {
-        let output = Command::new(server_binary())
-            .args(args)
-            .arg("--data-dir")
-            .arg(self.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "est-server {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        admin_in(self.dir.path(), args)
     }
 
     /// Runs an admin subcommand with extra environment variables (AWS credentials).
@@ -338,6 +327,23 @@ impl Server {
     }
 }
 
+/// Runs `est-server <args> --data-dir <dir>` and returns its stdout; panics
+/// with its stderr when it fails.
+fn admin_in(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(server_binary())
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "est-server {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// A server that was stopped; [`StoppedServer::start`] brings it back on the same port.
 pub struct StoppedServer {
     dir: tempfile::TempDir,
@@ -347,18 +353,7 @@ pub struct StoppedServer {
 impl StoppedServer {
     /// Runs an admin subcommand on the stopped server's data directory.
     pub fn admin(&self, args: &[&str]) -> String {
-        let output = Command::new(server_binary())
-            .args(args)
-            .arg("--data-dir")
-            .arg(self.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "est-server {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        admin_in(self.dir.path(), args)
     }
 
     /// Starts the server again on its old address and data directory.

@@ -191,6 +191,54 @@ impl DynamoDbRegistry {
             Err(e) => Err(sdk("UpdateItem", e)),
         }
     }
+
+    /// Runs `steps` as one transaction; a failed condition becomes the
+    /// error its step names (`claimed`: the device step was a claim).
+    async fn transact(
+        &self,
+        steps: Vec<(TransactWriteItem, Failure)>,
+        claimed: bool,
+    ) -> Result<(), RegistryError> {
+        let (items, failures): (Vec<_>, Vec<_>) = steps.into_iter().unzip();
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(service))
+                if service.err().is_transaction_canceled_exception() =>
+            {
+                let reasons: Vec<Option<String>> = match service.err() {
+                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(e) => {
+                        e.cancellation_reasons().iter().map(|r| r.code().map(str::to_owned)).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                for (reason, failure) in reasons.iter().zip(&failures) {
+                    if reason.as_deref() == Some("ConditionalCheckFailed") {
+                        return Err(match failure {
+                            Failure::Predecessor(old) => {
+                                RegistryError::PredecessorNotActive(old.clone())
+                            }
+                            Failure::Device(device) if claimed => {
+                                RegistryError::ReservationLost(device.clone())
+                            }
+                            _ => RegistryError::Database(format!(
+                                "conditional write failed: {reasons:?}"
+                            )),
+                        });
+                    }
+                }
+                Err(RegistryError::Database(format!(
+                    "transaction cancelled: {reasons:?}"
+                )))
+            }
+            Err(e) => Err(sdk("TransactWriteItems", e)),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -332,45 +380,7 @@ impl Registry for DynamoDbRegistry {
                 Failure::Other,
             ));
         }
-        let (items, failures): (Vec<_>, Vec<_>) = steps.into_iter().unzip();
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(service))
-                if service.err().is_transaction_canceled_exception() =>
-            {
-                let reasons: Vec<Option<String>> = match service.err() {
-                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(e) => {
-                        e.cancellation_reasons().iter().map(|r| r.code().map(str::to_owned)).collect()
-                    }
-                    _ => Vec::new(),
-                };
-                for (reason, failure) in reasons.iter().zip(&failures) {
-                    if reason.as_deref() == Some("ConditionalCheckFailed") {
-                        return Err(match failure {
-                            Failure::Predecessor(old) => {
-                                RegistryError::PredecessorNotActive(old.clone())
-                            }
-                            Failure::Device(device) if claim.is_some() => {
-                                RegistryError::ReservationLost(device.clone())
-                            }
-                            _ => RegistryError::Database(format!(
-                                "conditional write failed: {reasons:?}"
-                            )),
-                        });
-                    }
-                }
-                Err(RegistryError::Database(format!(
-                    "transaction cancelled: {reasons:?}"
-                )))
-            }
-            Err(e) => Err(sdk("TransactWriteItems", e)),
-        }
+        self.transact(steps, claim.is_some()).await
     }
 
     async fn find_by_fingerprint(
@@ -813,9 +823,16 @@ impl Registry for DynamoDbRegistry {
             .expression_attribute_values(":new", s(successor))
             .build()
             .map_err(build)?;
-        let mut items = vec![
-            TransactWriteItem::builder().update(revoke).build(),
-            TransactWriteItem::builder().update(reinstate).build(),
+        let failure = || Failure::Predecessor(predecessor.to_owned());
+        let mut steps = vec![
+            (
+                TransactWriteItem::builder().update(revoke).build(),
+                failure(),
+            ),
+            (
+                TransactWriteItem::builder().update(reinstate).build(),
+                failure(),
+            ),
         ];
         if let Some(device) = &old.certificate.device_id {
             let mut update = Update::builder()
@@ -837,23 +854,12 @@ impl Registry for DynamoDbRegistry {
                 .update_expression(expression)
                 .build()
                 .map_err(build)?;
-            items.push(TransactWriteItem::builder().update(update).build());
+            steps.push((
+                TransactWriteItem::builder().update(update).build(),
+                failure(),
+            ));
         }
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(service))
-                if service.err().is_transaction_canceled_exception() =>
-            {
-                Err(refused())
-            }
-            Err(e) => Err(sdk("TransactWriteItems", e)),
-        }
+        self.transact(steps, false).await
     }
 
     async fn rotation(&self, client_id: &str) -> Result<Option<Rotation>, RegistryError> {
