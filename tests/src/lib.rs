@@ -267,24 +267,12 @@ impl Server {
 
     /// Runs an `est-server` admin subcommand against this server's data dir.
     pub fn admin(&self, args: &[&str]) -> String {
-        admin_in(self.dir.path(), args)
+        admin_in(self.dir.path(), args, &[])
     }
 
     /// Runs an admin subcommand with extra environment variables (AWS credentials).
     pub fn admin_env(&self, args: &[&str], env: &[(&str, String)]) -> String {
-        let output = Command::new(server_binary())
-            .args(args)
-            .arg("--data-dir")
-            .arg(self.dir.path())
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "est-server {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        admin_in(self.dir.path(), args, env)
     }
 
     /// Checks the server still enrolls and never panicked.
@@ -327,13 +315,14 @@ impl Server {
     }
 }
 
-/// Runs `est-server <args> --data-dir <dir>` and returns its stdout; panics
-/// with its stderr when it fails.
-fn admin_in(dir: &Path, args: &[&str]) -> String {
+/// Runs `est-server <args> --data-dir <dir>` with extra environment
+/// variables and returns its stdout; panics with its stderr when it fails.
+fn admin_in(dir: &Path, args: &[&str], env: &[(&str, String)]) -> String {
     let output = Command::new(server_binary())
         .args(args)
         .arg("--data-dir")
         .arg(dir)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .unwrap();
     assert!(
@@ -353,7 +342,7 @@ pub struct StoppedServer {
 impl StoppedServer {
     /// Runs an admin subcommand on the stopped server's data directory.
     pub fn admin(&self, args: &[&str]) -> String {
-        admin_in(self.dir.path(), args)
+        admin_in(self.dir.path(), args, &[])
     }
 
     /// Starts the server again on its old address and data directory.

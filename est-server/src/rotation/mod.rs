@@ -44,8 +44,6 @@ const HANDLER_CONCURRENCY: usize = 16;
 pub struct AuditReport {
     /// Devices sent `csr_req`.
     pub requested: Vec<String>,
-    /// Devices sent their certificate again (`crt_res`, no `crt_ack` yet).
-    pub resent: Vec<String>,
     /// Devices skipped because they were asked recently.
     pub backing_off: usize,
     /// Devices left for the next audit because `max_in_flight` was reached.
