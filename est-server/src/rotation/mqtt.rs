@@ -43,7 +43,7 @@ pub fn client_pair(
         cert: ca_dir.join("rotation-client.pem"),
         key: ca_dir.join("rotation-client.key"),
     };
-    if still_valid(&pair.cert, REISSUE_BEFORE) && pair.key.exists() {
+    if usable(&pair, REISSUE_BEFORE) {
         return Ok(pair);
     }
     let key = SigningKey::generate(KeyAlgorithm::EcP256).context("orchestrator key")?;
@@ -60,12 +60,19 @@ pub fn client_pair(
             },
         )
         .context("orchestrator certificate")?;
-    write_private(&pair.key, key.to_pkcs8_pem().as_bytes())?;
-    std::fs::write(
-        &pair.cert,
-        est_wire::pem::certificate_to_pem(&issued.certificate),
-    )
-    .with_context(|| format!("cannot write {}", pair.cert.display()))?;
+    // A crash between these writes leaves a pair that does not match, which
+    // `usable` refuses, so the next call issues again.
+    for (path, bytes, mode) in [
+        (&pair.key, key.to_pkcs8_pem().into_bytes(), 0o600),
+        (
+            &pair.cert,
+            est_wire::pem::certificate_to_pem(&issued.certificate).into_bytes(),
+            0o644,
+        ),
+    ] {
+        let _ = std::fs::remove_file(path);
+        crate::dev::write_file(path, &bytes, mode)?;
+    }
     tracing::info!(cert = %pair.cert.display(), "issued the rotation orchestrator's MQTT client certificate");
     Ok(pair)
 }
@@ -77,32 +84,27 @@ pub fn fingerprint(pair: &ClientPair) -> Option<String> {
         .map(|pem| est_wire::sha256_hex(&pem))
 }
 
-fn still_valid(path: &std::path::Path, margin: Duration) -> bool {
-    let Ok(pem) = std::fs::read(path) else {
-        return false;
-    };
-    let Ok(certs) = est_wire::pem::certificates_from_pem(&pem) else {
-        return false;
-    };
-    certs.first().is_some_and(|c| {
-        c.tbs_certificate.validity.not_after.to_system_time()
-            > std::time::SystemTime::now() + margin
-    })
-}
-
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    Ok(())
+/// The issued pair exists, belongs together and is valid for `margin` more.
+fn usable(pair: &ClientPair, margin: Duration) -> bool {
+    let certificate = std::fs::read(&pair.cert)
+        .ok()
+        .and_then(|pem| est_wire::pem::certificates_from_pem(&pem).ok())
+        .and_then(|certs| certs.into_iter().next());
+    let key = std::fs::read(&pair.key)
+        .ok()
+        .and_then(|pem| SigningKey::from_pem(&pem).ok());
+    match (certificate, key) {
+        (Some(certificate), Some(key)) => {
+            certificate.tbs_certificate.subject_public_key_info == key.public_key_info()
+                && certificate
+                    .tbs_certificate
+                    .validity
+                    .not_after
+                    .to_system_time()
+                    > std::time::SystemTime::now() + margin
+        }
+        _ => false,
+    }
 }
 
 /// Connects (lazily: the returned event loop connects when polled).
