@@ -22,6 +22,7 @@ use est_wire::csr::Csr;
 use x509_cert::Certificate;
 
 pub use profile::Profile;
+pub use x509::time_ordered_serial;
 
 /// A request to issue one certificate.
 #[derive(Debug, Clone, Copy)]

@@ -461,11 +461,12 @@ mod tests {
     }
 
     #[test]
-    fn serials_are_random_and_positive() {
+    fn serials_are_unique_positive_and_in_issue_order() {
         let dir = tempfile::tempdir().unwrap();
         let ca = LocalCa::open_or_create(dir.path(), &LocalCaOptions::default()).unwrap();
         let request = csr("p256.csr.der");
         let mut seen = std::collections::HashSet::new();
+        let mut previous_prefix = Vec::new();
         for _ in 0..50 {
             let issued = ca
                 .issue(
@@ -483,6 +484,9 @@ mod tests {
                 .to_vec();
             assert_eq!(bytes.len(), 16);
             assert!(bytes[0] & 0x80 == 0 && bytes[0] != 0);
+            let prefix = bytes[..6].to_vec();
+            assert!(prefix >= previous_prefix, "time prefix never goes back");
+            previous_prefix = prefix;
             assert!(seen.insert(bytes));
         }
     }

@@ -185,6 +185,8 @@ pub struct ClientCertificate {
     pub certificate: Certificate,
     /// SHA-256 of the end-entity DER, hex.
     pub fingerprint: String,
+    /// The end-entity serial, lower-case hex (as the registry keys it).
+    pub serial: String,
     /// Subject, RFC 4514 text.
     pub subject: String,
 }
@@ -196,6 +198,7 @@ impl ClientCertificate {
         let certificate = Certificate::from_der(leaf.as_ref()).ok()?;
         Some(Self {
             fingerprint: est_wire::sha256_hex(leaf.as_ref()),
+            serial: ca_backends::serial_hex(&certificate),
             subject: certificate.tbs_certificate.subject.to_string(),
             certificate,
             chain,
@@ -520,7 +523,7 @@ impl Authenticator {
     async fn identity(&self, certificate: ClientCertificate) -> Result<CertificateKind, EstError> {
         let record = self
             .registry
-            .find_by_fingerprint(&certificate.fingerprint)
+            .find_presented(&certificate.serial, &certificate.fingerprint)
             .await
             .map_err(EstError::internal)?;
         if let Some(device_id) = record

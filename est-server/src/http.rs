@@ -136,9 +136,12 @@ async fn serve_connection(
     // A certificate in use proves that its predecessor may be retired.
     if let Some(certificate) = &client_certificate {
         let registry = state.registry.clone();
-        let fingerprint = certificate.fingerprint.clone();
+        let (serial, fingerprint) = (certificate.serial.clone(), certificate.fingerprint.clone());
         tokio::spawn(async move {
-            if let Err(e) = registry.mark_predecessor_proven(&fingerprint).await {
+            if let Err(e) = registry
+                .mark_predecessor_proven(&serial, &fingerprint)
+                .await
+            {
                 tracing::warn!(error = %e, "could not note certificate use");
             }
         });

@@ -54,10 +54,18 @@ async fn suite(registry: Arc<dyn Registry>) {
     );
     assert!(registry.find_by_serial("03").await.unwrap().is_none());
     let old = registry
-        .find_by_fingerprint("fp-01")
+        .find_presented("01", "fp-01")
         .await
         .unwrap()
         .unwrap();
+    assert!(
+        registry
+            .find_presented("01", "fp-other-issuer")
+            .await
+            .unwrap()
+            .is_none(),
+        "same serial, different certificate"
+    );
     assert_eq!(old.state, CertState::Superseded);
     assert_eq!(old.successor.as_deref(), Some("02"));
     assert_eq!(old.certificate.backend_ref.as_deref(), Some("aws-01"));
@@ -71,7 +79,22 @@ async fn suite(registry: Arc<dyn Registry>) {
             .is_empty(),
         "not proven, within grace"
     );
-    registry.mark_predecessor_proven("fp-02").await.unwrap();
+    registry
+        .mark_predecessor_proven("02", "fp-forged")
+        .await
+        .unwrap();
+    assert!(
+        registry
+            .retirement_candidates("lbl", 0, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a fingerprint that does not match proves nothing"
+    );
+    registry
+        .mark_predecessor_proven("02", "fp-02")
+        .await
+        .unwrap();
     let candidates = registry.retirement_candidates("lbl", 0, 10).await.unwrap();
     assert_eq!(candidates.len(), 1);
     assert_eq!(candidates[0].certificate.serial, "01");
@@ -340,7 +363,10 @@ async fn suite(registry: Arc<dyn Registry>) {
         .record_issued(cert("s3", Some("s1")), Some("s1".into()), None, None)
         .await
         .unwrap();
-    registry.mark_predecessor_proven("fp-s3").await.unwrap();
+    registry
+        .mark_predecessor_proven("s3", "fp-s3")
+        .await
+        .unwrap();
     assert!(matches!(
         registry.reinstate_predecessor("s1", "s3").await,
         Err(RegistryError::PredecessorNotActive(_))

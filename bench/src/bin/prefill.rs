@@ -3,16 +3,17 @@
 //!
 //! The records go through the registry's own API (group commit, the same
 //! indexes the server uses). Their DER is a 600-byte placeholder (nothing
-//! reads it unless a client presents that certificate); serials and
-//! fingerprints are unique, validity ends are spread over a year so expiry
-//! audits have work to skip.
+//! reads it unless a client presents that certificate); serials come from
+//! the local CA's generator (time-ordered, like the records a real server
+//! would have written before), fingerprints are SHA-256 values, and validity
+//! ends are spread over a year so expiry audits have work to skip.
 //!
 //! ```sh
 //! target/release/prefill --registry /tmp/benchdata/registry.sqlite --count 1000000
 //! ```
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use clap::Parser;
 use est_server::registry::{unix_now, NewCertificate, Registry, SqliteRegistry};
@@ -43,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
         let permit = gate.clone().acquire_owned().await?;
         let registry = registry.clone();
         tasks.spawn(async move {
-            let serial = format!("ff{i:030x}");
+            let serial = hex::encode(ca_backends::time_ordered_serial(SystemTime::now())?);
             let record = NewCertificate {
                 fingerprint: est_wire::sha256_hex(serial.as_bytes()),
                 serial,
@@ -60,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let result = registry.record_issued(record, None, None, None).await;
             drop(permit);
-            result
+            anyhow::Ok(result?)
         });
         while let Some(done) = tasks.try_join_next() {
             done??;

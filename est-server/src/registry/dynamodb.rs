@@ -1,8 +1,7 @@
 //! The shared registry: one DynamoDB table, for several servers.
 //!
 //! One table, partition key `pk` (string); items are `cert#<serial>`,
-//! `fp#<fingerprint>` (pointer to a serial), `device#<id>` and
-//! `pending#<id>`. Three sparse global secondary indexes keep the hot look-ups
+//! `device#<id>`, `pending#<id>` and `rotation#<client id>`. Three sparse global secondary indexes keep the hot look-ups
 //! off table scans: `expiry` (`gsi_state` = "active", `not_after`) for audits,
 //! `by_device` (`device_id`, `issued_at`) for device histories, and `retire`
 //! (`retire_label`, `superseded_at`) for the retirement sweeper. Every
@@ -354,17 +353,6 @@ impl Registry for DynamoDbRegistry {
             TransactWriteItem::builder().put(put).build(),
             Failure::Other,
         ));
-        let pointer = Put::builder()
-            .table_name(&self.table)
-            .item("pk", s(format!("fp#{}", certificate.fingerprint)))
-            .item("serial", s(&certificate.serial))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(build)?;
-        steps.push((
-            TransactWriteItem::builder().put(pointer).build(),
-            Failure::Other,
-        ));
         if let Some(id) = &pending_id {
             let update = Update::builder()
                 .table_name(&self.table)
@@ -381,17 +369,6 @@ impl Registry for DynamoDbRegistry {
             ));
         }
         self.transact(steps, claim.is_some()).await
-    }
-
-    async fn find_by_fingerprint(
-        &self,
-        fingerprint: &str,
-    ) -> Result<Option<CertificateRecord>, RegistryError> {
-        let Some(pointer) = self.get(format!("fp#{fingerprint}")).await? else {
-            return Ok(None);
-        };
-        let serial = opt_s(&pointer, "serial").unwrap_or_default();
-        self.find_by_serial(&serial).await
     }
 
     async fn find_by_serial(
@@ -481,8 +458,12 @@ impl Registry for DynamoDbRegistry {
         }
     }
 
-    async fn mark_predecessor_proven(&self, fingerprint: &str) -> Result<(), RegistryError> {
-        let Some(current) = self.find_by_fingerprint(fingerprint).await? else {
+    async fn mark_predecessor_proven(
+        &self,
+        serial: &str,
+        fingerprint: &str,
+    ) -> Result<(), RegistryError> {
+        let Some(current) = self.find_presented(serial, fingerprint).await? else {
             return Ok(());
         };
         if current.state != CertState::Active {

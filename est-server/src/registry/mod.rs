@@ -378,11 +378,20 @@ pub trait Registry: Send + Sync {
         claim: Option<DeviceClaim>,
     ) -> Result<(), RegistryError>;
 
-    /// The certificate with this SHA-256 fingerprint.
-    async fn find_by_fingerprint(
+    /// The certificate a client presented: the one with this serial, provided
+    /// its SHA-256 fingerprint is `fingerprint` (a certificate from another
+    /// issuer that happens to share the serial is not ours). Looked up by
+    /// serial, so no registry needs an index of random fingerprints.
+    async fn find_presented(
         &self,
+        serial: &str,
         fingerprint: &str,
-    ) -> Result<Option<CertificateRecord>, RegistryError>;
+    ) -> Result<Option<CertificateRecord>, RegistryError> {
+        Ok(self
+            .find_by_serial(serial)
+            .await?
+            .filter(|record| record.certificate.fingerprint == fingerprint))
+    }
 
     /// The certificate with this serial (lower-case hex).
     async fn find_by_serial(
@@ -409,9 +418,13 @@ pub trait Registry: Send + Sync {
     /// Marks a certificate revoked.
     async fn revoke(&self, serial: &str) -> Result<(), RegistryError>;
 
-    /// The active certificate with this fingerprint authenticated: its
-    /// superseded predecessor is now obsolete and may be retired.
-    async fn mark_predecessor_proven(&self, fingerprint: &str) -> Result<(), RegistryError>;
+    /// The active certificate with this serial and fingerprint authenticated:
+    /// its superseded predecessor is now obsolete and may be retired.
+    async fn mark_predecessor_proven(
+        &self,
+        serial: &str,
+        fingerprint: &str,
+    ) -> Result<(), RegistryError>;
 
     /// Superseded, not yet retired certificates of `label` whose successor was
     /// proven, or that were superseded before `superseded_before`.

@@ -495,7 +495,10 @@ impl Orchestrator {
         }
         let successor = self.device_certificate(client_id, &ack.serial).await?;
         registry
-            .mark_predecessor_proven(&successor.certificate.fingerprint)
+            .mark_predecessor_proven(
+                &successor.certificate.serial,
+                &successor.certificate.fingerprint,
+            )
             .await?;
         if let Some(old) = registry.find_by_serial(&rotation.serial).await? {
             if old.retired_at.is_none() {
