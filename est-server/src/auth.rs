@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{AuthMethod, LabelConfig, Limits, UserConfig};
 use crate::error::EstError;
+use crate::keyed_locks::KeyedLocks;
 use crate::password::PasswordChecker;
 use crate::registry::{CertState, CertificateRecord, DeviceState, Registry};
 use crate::router::Operation;
@@ -104,6 +105,12 @@ impl Users {
     /// True when `name` is a configured user.
     pub fn knows(&self, name: &str) -> bool {
         self.hashes.contains_key(name)
+    }
+
+    /// True when `credentials` were verified within the last few minutes
+    /// (a cache look-up, no argon2).
+    pub fn remembers(&self, credentials: &BasicCredentials) -> bool {
+        self.recently_verified(&self.credential_fingerprint(credentials))
     }
 
     /// True when `credentials` name a configured user with the right password.
@@ -285,6 +292,11 @@ pub struct Authenticator {
     registry: Arc<dyn Registry>,
     limits: Limits,
     failures: FailureCounter,
+    /// Credentials that may turn out wrong are checked one at a time per
+    /// client address and per device, so a burst of concurrent guesses cannot
+    /// all be judged before the first failure is counted.
+    addresses: KeyedLocks,
+    devices: KeyedLocks,
 }
 
 impl Authenticator {
@@ -297,6 +309,8 @@ impl Authenticator {
     ) -> Self {
         Self {
             failures: FailureCounter::new(limits.failures_per_minute_per_address),
+            addresses: KeyedLocks::default(),
+            devices: KeyedLocks::default(),
             users,
             bootstrap,
             registry,
@@ -394,14 +408,24 @@ impl Authenticator {
                 "HTTP Basic is not accepted on this label".into(),
             ));
         }
+        let basic = parse_basic(&header)?;
+        let is_token = allows_tokens && !(allows_users && self.users.knows(&basic.user));
+        if !is_token && self.users.remembers(&basic) {
+            // Verified minutes ago: cannot fail, so it skips the queues below.
+            return Ok(Principal::User { name: basic.user });
+        }
+        let _address = match credentials.peer {
+            Some(peer) => Some(self.addresses.lock(&peer.to_string()).await),
+            None => None,
+        };
         if let Some(retry_after_secs) = self.failures.blocked(credentials.peer) {
             return Err(EstError::TooManyRequests {
                 retry_after_secs,
                 message: "too many failed authentications from this address; wait and retry".into(),
             });
         }
-        let basic = parse_basic(&header)?;
-        let outcome = if allows_tokens && !(allows_users && self.users.knows(&basic.user)) {
+        let outcome = if is_token {
+            let _device = self.devices.lock(&basic.user).await;
             self.device_token(label_name, basic).await
         } else {
             let name = basic.user.clone();

@@ -19,6 +19,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod header_case;
 pub mod http;
+pub mod keyed_locks;
 pub mod metrics;
 pub mod password;
 pub mod registry;

@@ -372,3 +372,59 @@ fn audit_lists_certificates_expiring_within_the_window() {
         .unwrap();
     assert!(!status.status.success());
 }
+
+/// The failure limits hold when the wrong attempts arrive all at once: 40
+/// concurrent wrong tokens for one device get exactly `token_lockout_after`
+/// 401s (the rest 429), and 40 concurrent wrong credentials from one address
+/// get exactly `failures_per_minute_per_address` 401s.
+#[test]
+fn failure_limits_hold_under_concurrent_attempts() {
+    let server = Server::start_with(
+        &vending_config(
+            "[limits]\ntoken_lockout_after = 3\ntoken_lockout = \"5m\"\nfailures_per_minute_per_address = 10\n",
+        ),
+        None,
+    );
+    let work = tempfile::tempdir().unwrap();
+    let token = add_device(&server, "SN-BURST");
+    let csr = Csr::new(work.path(), "b", KeyType::P256, "/CN=SN-BURST", &[]);
+    let statuses = |attempts: Vec<(String, String)>| {
+        let mut statuses: Vec<u16> = std::thread::scope(|scope| {
+            let handles: Vec<_> = attempts
+                .iter()
+                .map(|(user, password)| {
+                    let (server, csr) = (&server, &csr);
+                    scope.spawn(move || enroll_token(server, csr, user, password).status)
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        statuses.sort_unstable();
+        statuses
+    };
+
+    // One device, 40 wrong tokens at once: 3 are judged, 37 wait out the lock.
+    let burst = (0..40)
+        .map(|i| ("SN-BURST".to_owned(), format!("wrong-{i}")))
+        .collect();
+    let seen = statuses(burst);
+    assert_eq!(seen.iter().filter(|s| **s == 401).count(), 3, "{seen:?}");
+    assert_eq!(seen.iter().filter(|s| **s == 429).count(), 37, "{seen:?}");
+    let response = enroll_token(&server, &csr, "SN-BURST", &token);
+    assert_eq!(response.status, 429, "locked: {}", response.text());
+
+    // One address, 40 wrong credentials for unknown devices at once: the
+    // address had 3 failures, so 7 more are judged and 33 refused.
+    let burst = (0..40)
+        .map(|i| (format!("SN-NONE-{i}"), "x".to_owned()))
+        .collect();
+    let seen = statuses(burst);
+    assert_eq!(seen.iter().filter(|s| **s == 401).count(), 7, "{seen:?}");
+    assert_eq!(seen.iter().filter(|s| **s == 429).count(), 33, "{seen:?}");
+    // The address stays blocked for the rest of its minute, right token or not.
+    let fresh = add_device(&server, "SN-FRESH");
+    let fresh_csr = Csr::new(work.path(), "f", KeyType::P256, "/CN=SN-FRESH", &[]);
+    let response = enroll_token(&server, &fresh_csr, "SN-FRESH", &fresh);
+    assert_eq!(response.status, 429, "{}", response.text());
+    assert!(response.header_exact("Retry-After").is_some());
+}

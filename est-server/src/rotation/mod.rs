@@ -30,6 +30,7 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 use crate::config::RotationConfig;
 use crate::http::AppState;
+use crate::keyed_locks::KeyedLocks;
 use crate::registry::{unix_now, CertState, CertificateRecord, Rotation, RotationState};
 use audit::Decision;
 use webhook::Webhook;
@@ -66,29 +67,7 @@ pub struct Auditor<'a> {
     /// Back-off and concurrency settings.
     pub config: &'a RotationConfig,
     /// The orchestrator's per-device locks, when auditing inside `serve`.
-    pub locks: Option<&'a DeviceLocks>,
-}
-
-/// One lock per device, so the messages of one device and the audit's
-/// decision about it are handled one at a time (others run in parallel).
-#[derive(Default)]
-pub struct DeviceLocks {
-    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl DeviceLocks {
-    /// Waits for `client_id`'s lock.
-    pub async fn lock(&self, client_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-            // Forget the locks nobody holds or waits for.
-            if locks.len() > 1024 {
-                locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-            }
-            locks.entry(client_id.to_owned()).or_default().clone()
-        };
-        lock.lock_owned().await
-    }
+    pub locks: Option<&'a KeyedLocks>,
 }
 
 impl Auditor<'_> {
@@ -220,7 +199,7 @@ pub struct Orchestrator {
     topics: Topics,
     client: std::sync::RwLock<AsyncClient>,
     webhook: Option<Webhook>,
-    locks: DeviceLocks,
+    locks: KeyedLocks,
 }
 
 /// How often the orchestrator checks that its own MQTT certificate has
@@ -250,7 +229,7 @@ pub async fn run(
         config,
         client: std::sync::RwLock::new(client),
         webhook,
-        locks: DeviceLocks::default(),
+        locks: KeyedLocks::default(),
     });
     tokio::spawn(orchestrator.clone().audit_schedule());
     let handlers = Arc::new(tokio::sync::Semaphore::new(HANDLER_CONCURRENCY));
