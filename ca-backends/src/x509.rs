@@ -121,8 +121,8 @@ pub(crate) fn key_identifier(public_key: &SubjectPublicKeyInfoOwned) -> Vec<u8> 
 }
 
 /// A positive 16-byte serial number: the issue time in milliseconds (6 bytes,
-/// so the first byte is non-zero and the top bit clear until the year 10889)
-/// followed by 80 random bits.
+/// so the first byte is non-zero since 2004 and the top bit clear until the
+/// year 6429) followed by 80 random bits.
 ///
 /// The random part keeps serials unguessable (CA/Browser Forum: at least 64
 /// bits from a CSPRNG); the time prefix makes each new serial sort after the

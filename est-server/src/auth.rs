@@ -414,15 +414,25 @@ impl Authenticator {
             // Verified minutes ago: cannot fail, so it skips the queues below.
             return Ok(Principal::User { name: basic.user });
         }
+        let blocked = || {
+            self.failures
+                .blocked(credentials.peer)
+                .map(|retry_after_secs| EstError::TooManyRequests {
+                    retry_after_secs,
+                    message: "too many failed authentications from this address; wait and retry"
+                        .into(),
+                })
+        };
+        if let Some(refusal) = blocked() {
+            return Err(refusal);
+        }
         let _address = match credentials.peer {
             Some(peer) => Some(self.addresses.lock(&peer.to_string()).await),
             None => None,
         };
-        if let Some(retry_after_secs) = self.failures.blocked(credentials.peer) {
-            return Err(EstError::TooManyRequests {
-                retry_after_secs,
-                message: "too many failed authentications from this address; wait and retry".into(),
-            });
+        // Again: the failures judged while this request waited count too.
+        if let Some(refusal) = blocked() {
+            return Err(refusal);
         }
         let outcome = if is_token {
             let _device = self.devices.lock(&basic.user).await;

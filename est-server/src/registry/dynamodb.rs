@@ -1,7 +1,12 @@
 //! The shared registry: one DynamoDB table, for several servers.
 //!
 //! One table, partition key `pk` (string); items are `cert#<serial>`,
-//! `device#<id>`, `pending#<id>` and `rotation#<client id>`. Three sparse global secondary indexes keep the hot look-ups
+//! `device#<id>`, `pending#<id>`, `rotation#<client id>` and
+//! `fp#<fingerprint>` (a pointer to a serial: this version finds presented
+//! certificates by serial, but still writes the pointer so that servers of
+//! earlier versions sharing the table, during a rolling upgrade or after a
+//! rollback, find the certificates it issues). Three sparse global secondary
+//! indexes keep the hot look-ups
 //! off table scans: `expiry` (`gsi_state` = "active", `not_after`) for audits,
 //! `by_device` (`device_id`, `issued_at`) for device histories, and `retire`
 //! (`retire_label`, `superseded_at`) for the retirement sweeper. Every
@@ -351,6 +356,17 @@ impl Registry for DynamoDbRegistry {
             .map_err(build)?;
         steps.push((
             TransactWriteItem::builder().put(put).build(),
+            Failure::Other,
+        ));
+        let pointer = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(format!("fp#{}", certificate.fingerprint)))
+            .item("serial", s(&certificate.serial))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(build)?;
+        steps.push((
+            TransactWriteItem::builder().put(pointer).build(),
             Failure::Other,
         ));
         if let Some(id) = &pending_id {

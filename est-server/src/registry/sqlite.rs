@@ -51,6 +51,19 @@ const WAL_RESTART_FRAMES: i64 = 16_384;
 /// Bytes a wound-back WAL file is truncated to.
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
+/// Longest a WAL restart waits for readers (writes wait meanwhile).
+const WAL_RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Pause before trying again when readers kept a restart from finishing.
+const WAL_RESTART_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a connection waits for another process's write lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long opening waits for another process while upgrading a registry
+/// made by an earlier version (see [`drop_fingerprint_index`]).
+const MIGRATION_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The writer thread: group commit (see [`SqliteRegistry`]). When the
 /// checkpointer reports a long log, the writer winds it back between two
 /// batches (see [`checkpoint_loop`]).
@@ -59,11 +72,15 @@ fn writer_loop(
     requests: std::sync::mpsc::Receiver<WriteRequest>,
     restart_wanted: Arc<AtomicBool>,
 ) {
+    let mut next_restart = std::time::Instant::now();
     while let Ok(first) = requests.recv() {
-        if restart_wanted.swap(false, Ordering::AcqRel) {
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "registry log restart failed; retrying later");
-            }
+        let restart_due = restart_wanted.swap(false, Ordering::AcqRel)
+            && std::time::Instant::now() >= next_restart;
+        // A long reader (an operator listing, another process) that keeps the
+        // restart from finishing is left to finish instead of stalling
+        // writes again at once.
+        if restart_due && !restart_wal(&conn) {
+            next_restart = std::time::Instant::now() + WAL_RESTART_BACKOFF;
         }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -116,6 +133,28 @@ fn writer_loop(
     }
 }
 
+/// Winds the WAL back to its start (RESTART checkpoint). Waits at most
+/// [`WAL_RESTART_WAIT`] for readers still using the log, since every write
+/// waits meanwhile; false when they did not leave in time.
+fn restart_wal(conn: &Connection) -> bool {
+    let _ = conn.busy_timeout(WAL_RESTART_WAIT);
+    let outcome = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+        row.get::<_, i64>(0)
+    });
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
+    match outcome {
+        Ok(0) => true,
+        Ok(_) => {
+            tracing::debug!("registry log restart waited on a reader; retrying later");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "registry log restart failed; retrying later");
+            false
+        }
+    }
+}
+
 /// Copies committed WAL frames into the database file twice a second
 /// (PASSIVE: never blocks the writer or readers).
 ///
@@ -141,8 +180,8 @@ fn checkpoint_loop(connection: Connection, restart_wanted: Arc<AtomicBool>) {
     }
 }
 
-/// The certificates table's columns (shared by [`SCHEMA`] and the rebuild in
-/// [`drop_fingerprint_index`]).
+/// The certificates table's columns (used when creating the table and by the
+/// rebuild in [`drop_fingerprint_index`]).
 const CERTIFICATE_COLUMNS_DDL: &str = "(
     serial       TEXT PRIMARY KEY,
     fingerprint  TEXT NOT NULL,
@@ -250,34 +289,57 @@ fn migrate(connection: &Connection) -> Result<(), RegistryError> {
 /// certificates on the 2-core test machine); its other indexes are recreated
 /// by [`INDEXES`].
 fn drop_fingerprint_index(connection: &Connection) -> Result<(), RegistryError> {
-    let unique_fingerprint = connection
-        .prepare(
-            "SELECT 1 FROM pragma_index_list('certificates') AS list
-             JOIN pragma_index_info(list.name) AS info
-             WHERE list.origin = 'u' AND info.name = 'fingerprint'",
-        )
-        .and_then(|mut s| s.exists([]))
-        .map_err(db)?;
-    if !unique_fingerprint {
+    const UNIQUE_FINGERPRINT: &str = "SELECT 1 FROM pragma_index_list('certificates') AS list
+         JOIN pragma_index_info(list.name) AS info
+         WHERE list.origin = 'u' AND info.name = 'fingerprint'";
+    let needed = |connection: &Connection| {
+        connection
+            .prepare(UNIQUE_FINGERPRINT)
+            .and_then(|mut s| s.exists([]))
+            .map_err(db)
+    };
+    if !needed(connection)? {
         return Ok(());
     }
-    tracing::info!("rebuilding the certificates table without its fingerprint index (once)");
+    // Another process opening the same old file may be rebuilding it: wait
+    // for it, then look again inside the write lock.
+    connection
+        .busy_timeout(MIGRATION_BUSY_TIMEOUT)
+        .map_err(db)?;
+    let rebuilt = rebuild_certificates_table(connection, needed);
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+    rebuilt
+}
+
+fn rebuild_certificates_table(
+    connection: &Connection,
+    needed: impl Fn(&Connection) -> Result<bool, RegistryError>,
+) -> Result<(), RegistryError> {
+    connection.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
     let columns = "serial, fingerprint, label, subject, san, not_before, not_after, auth, \
         predecessor, successor, state, issued_at, der, device_id, backend_ref, superseded_at, \
         proven, retired_at, revoked_at";
-    connection
-        .execute_batch(&format!(
-            "BEGIN IMMEDIATE;
-             CREATE TABLE certificates_rebuilt {CERTIFICATE_COLUMNS_DDL};
-             INSERT INTO certificates_rebuilt ({columns}) SELECT {columns} FROM certificates;
-             DROP TABLE certificates;
-             ALTER TABLE certificates_rebuilt RENAME TO certificates;
-             COMMIT;"
-        ))
-        .map_err(|e| {
+    let rebuilt = needed(connection).and_then(|needed| {
+        if !needed {
+            return Ok(());
+        }
+        tracing::info!("rebuilding the certificates table without its fingerprint index (once)");
+        connection
+            .execute_batch(&format!(
+                "CREATE TABLE certificates_rebuilt {CERTIFICATE_COLUMNS_DDL};
+                 INSERT INTO certificates_rebuilt ({columns}) SELECT {columns} FROM certificates;
+                 DROP TABLE certificates;
+                 ALTER TABLE certificates_rebuilt RENAME TO certificates;"
+            ))
+            .map_err(db)
+    });
+    match rebuilt {
+        Ok(()) => connection.execute_batch("COMMIT").map_err(db),
+        Err(e) => {
             let _ = connection.execute_batch("ROLLBACK");
-            db(e)
-        })
+            Err(e)
+        }
+    }
 }
 
 impl SqliteRegistry {
@@ -293,9 +355,7 @@ impl SqliteRegistry {
         connection
             .pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
-        connection
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(db)?;
+        connection.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
         connection
             .execute_batch(&format!(
                 "CREATE TABLE IF NOT EXISTS certificates {CERTIFICATE_COLUMNS_DDL};"
@@ -316,7 +376,7 @@ impl SqliteRegistry {
         let restart_wanted = Arc::new(AtomicBool::new(false));
         let checkpoint_connection = Connection::open(path).map_err(db)?;
         checkpoint_connection
-            .busy_timeout(std::time::Duration::from_secs(10))
+            .busy_timeout(BUSY_TIMEOUT)
             .map_err(db)?;
         std::thread::Builder::new()
             .name("registry-checkpoint".into())
@@ -328,9 +388,7 @@ impl SqliteRegistry {
         write_connection
             .pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
-        write_connection
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(db)?;
+        write_connection.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
         let (writer, requests) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("registry-writer".into())
@@ -549,15 +607,7 @@ impl Registry for SqliteRegistry {
     ) -> Result<(), RegistryError> {
         let (serial, fingerprint) = (serial.to_owned(), fingerprint.to_owned());
         self.write(move |conn| {
-            exec(
-                conn,
-                "UPDATE certificates SET proven = 1
-                 WHERE serial = (SELECT predecessor FROM certificates
-                                 WHERE serial = ?1 AND fingerprint = ?2 AND state = 'active')
-                   AND proven = 0 AND retired_at IS NULL",
-                params![serial, fingerprint],
-            )
-            .map_err(db)?;
+            exec(conn, MARK_PREDECESSOR_PROVEN, params![serial, fingerprint]).map_err(db)?;
             Ok(())
         })
         .await
@@ -931,6 +981,10 @@ const EXPIRING_BEFORE: &str =
 const RETIREMENT_CANDIDATES: &str = "WHERE state = 'superseded' AND retired_at IS NULL \
     AND label = ?1 AND (proven = 1 OR superseded_at < ?2) ORDER BY superseded_at LIMIT ?3";
 const OF_DEVICE: &str = "WHERE device_id = ?1 ORDER BY issued_at DESC, serial";
+const MARK_PREDECESSOR_PROVEN: &str = "UPDATE certificates SET proven = 1
+    WHERE serial = (SELECT predecessor FROM certificates
+                    WHERE serial = ?1 AND fingerprint = ?2 AND state = 'active')
+      AND proven = 0 AND retired_at IS NULL";
 const COUNT_EXPIRING: &str =
     "SELECT COUNT(*) FROM certificates WHERE state = 'active' AND not_after <= ?1";
 
@@ -1144,7 +1198,11 @@ mod tests {
             OF_DEVICE,
         ]
         .map(|tail| format!("SELECT {COLUMNS} FROM certificates {tail}"));
-        for sql in queries.iter().map(String::as_str).chain([COUNT_EXPIRING]) {
+        for sql in queries
+            .iter()
+            .map(String::as_str)
+            .chain([COUNT_EXPIRING, MARK_PREDECESSOR_PROVEN])
+        {
             let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let mut steps = Vec::new();
             let mut rows = plan.raw_query();
