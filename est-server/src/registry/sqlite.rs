@@ -289,16 +289,7 @@ fn migrate(connection: &Connection) -> Result<(), RegistryError> {
 /// certificates on the 2-core test machine); its other indexes are recreated
 /// by [`INDEXES`].
 fn drop_fingerprint_index(connection: &Connection) -> Result<(), RegistryError> {
-    const UNIQUE_FINGERPRINT: &str = "SELECT 1 FROM pragma_index_list('certificates') AS list
-         JOIN pragma_index_info(list.name) AS info
-         WHERE list.origin = 'u' AND info.name = 'fingerprint'";
-    let needed = |connection: &Connection| {
-        connection
-            .prepare(UNIQUE_FINGERPRINT)
-            .and_then(|mut s| s.exists([]))
-            .map_err(db)
-    };
-    if !needed(connection)? {
+    if !has_unique_fingerprint(connection)? {
         return Ok(());
     }
     // Another process opening the same old file may be rebuilding it: wait
@@ -306,33 +297,52 @@ fn drop_fingerprint_index(connection: &Connection) -> Result<(), RegistryError> 
     connection
         .busy_timeout(MIGRATION_BUSY_TIMEOUT)
         .map_err(db)?;
-    let rebuilt = rebuild_certificates_table(connection, needed);
+    let rebuilt = rebuild_certificates_table(connection);
     connection.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
     rebuilt
 }
 
-fn rebuild_certificates_table(
-    connection: &Connection,
-    needed: impl Fn(&Connection) -> Result<bool, RegistryError>,
-) -> Result<(), RegistryError> {
+/// True when the certificates table still declares `fingerprint UNIQUE`.
+fn has_unique_fingerprint(connection: &Connection) -> Result<bool, RegistryError> {
+    connection
+        .prepare(
+            "SELECT 1 FROM pragma_index_list('certificates') AS list
+             JOIN pragma_index_info(list.name) AS info
+             WHERE list.origin = 'u' AND info.name = 'fingerprint'",
+        )
+        .and_then(|mut s| s.exists([]))
+        .map_err(db)
+}
+
+/// Copies the certificates into a table made from [`CERTIFICATE_COLUMNS_DDL`]
+/// (every column it names, so the list cannot drift) and swaps it in.
+fn rebuild_certificates_table(connection: &Connection) -> Result<(), RegistryError> {
     connection.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
-    let columns = "serial, fingerprint, label, subject, san, not_before, not_after, auth, \
-        predecessor, successor, state, issued_at, der, device_id, backend_ref, superseded_at, \
-        proven, retired_at, revoked_at";
-    let rebuilt = needed(connection).and_then(|needed| {
-        if !needed {
+    let rebuilt = (|| {
+        if !has_unique_fingerprint(connection)? {
             return Ok(());
         }
         tracing::info!("rebuilding the certificates table without its fingerprint index (once)");
         connection
             .execute_batch(&format!(
-                "CREATE TABLE certificates_rebuilt {CERTIFICATE_COLUMNS_DDL};
-                 INSERT INTO certificates_rebuilt ({columns}) SELECT {columns} FROM certificates;
+                "CREATE TABLE certificates_rebuilt {CERTIFICATE_COLUMNS_DDL};"
+            ))
+            .map_err(db)?;
+        let columns: String = connection
+            .query_row(
+                "SELECT group_concat(name, ', ') FROM pragma_table_info('certificates_rebuilt')",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(db)?;
+        connection
+            .execute_batch(&format!(
+                "INSERT INTO certificates_rebuilt ({columns}) SELECT {columns} FROM certificates;
                  DROP TABLE certificates;
                  ALTER TABLE certificates_rebuilt RENAME TO certificates;"
             ))
             .map_err(db)
-    });
+    })();
     match rebuilt {
         Ok(()) => connection.execute_batch("COMMIT").map_err(db),
         Err(e) => {
