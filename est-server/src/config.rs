@@ -32,9 +32,19 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// TLS server identity and client-certificate trust.
     pub tls: TlsConfig,
-    /// The local CA.
+    /// The device CA: the local CA whose certificates authenticate to this
+    /// server (and, in the README's setup, to the MQTT broker).
     #[serde(default)]
     pub ca: CaConfig,
+    /// Further local CA hierarchies by name, for profiles that name one with
+    /// `ca = "<name>"` (e.g. the Edge CA hierarchy, which nothing trusts for
+    /// client authentication).
+    #[serde(default)]
+    pub cas: BTreeMap<String, CaConfig>,
+    /// Common names no client may enroll, besides the rotation
+    /// orchestrator's `client_id` (always reserved). Compared case-insensitively.
+    #[serde(default)]
+    pub reserved_names: Vec<String>,
     /// The registry of issued certificates.
     #[serde(default)]
     pub registry: RegistryConfig,
@@ -220,6 +230,11 @@ pub struct CaConfig {
     /// Subject of a new issuing CA.
     #[serde(default = "default_issuing_subject")]
     pub issuing_subject: String,
+    /// Whether certificates of this hierarchy authenticate TLS clients to
+    /// this server. Always true for `[ca]`; default false for `[cas.*]`. A
+    /// hierarchy trusted for client authentication never issues subordinate CAs.
+    #[serde(default)]
+    pub client_auth: Option<bool>,
 }
 
 impl Default for CaConfig {
@@ -229,9 +244,13 @@ impl Default for CaConfig {
             key_algorithm: default_key_algorithm(),
             root_subject: default_root_subject(),
             issuing_subject: default_issuing_subject(),
+            client_auth: None,
         }
     }
 }
+
+/// The name `[ca]` goes by where a CA is named (`profiles.*.ca`).
+pub const DEVICE_CA: &str = "device";
 
 /// Registry settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -359,6 +378,25 @@ pub struct LabelConfig {
     /// Name of the profile in `profiles` (`default` is built in).
     #[serde(default = "default_profile_name")]
     pub profile: String,
+    /// Several profiles, chosen by the request: a CSR asking for `CA:TRUE`
+    /// gets the first subordinate-CA profile, any other the first
+    /// end-entity one (default: `[profile]`). `/cacerts` serves the chain of
+    /// the first one's CA.
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    /// Subjects a bootstrap certificate (and a certificate issued to its
+    /// device) may enroll, as templates over its common name: `{cn}`.
+    #[serde(default = "default_bootstrap_subjects")]
+    pub bootstrap_subjects: Vec<String>,
+    /// Basic users who may obtain a subordinate CA on this label (devices
+    /// may when their registry entry allows it: `devices add --edge-ca`).
+    #[serde(default)]
+    pub subordinate_ca_users: Vec<String>,
+    /// The common name of a subordinate CA, derived from the identity that
+    /// asks for it (`{cn}`: the device id, or the authenticating
+    /// certificate's common name).
+    #[serde(default = "default_subordinate_ca_subject")]
+    pub subordinate_ca_subject: String,
     /// Accepted authentication for first enrollments. Renewals always use the
     /// certificate being renewed.
     #[serde(default = "default_auth")]
@@ -369,10 +407,13 @@ pub struct LabelConfig {
     /// `Retry-After` sent with 202.
     #[serde(default = "default_retry_after", with = "duration_text")]
     pub retry_after: Duration,
-    /// OIDs listed by `/csrattrs` (empty: 204 No Content).
+    /// OIDs listed by `/csrattrs`. When absent, the answer is derived from the
+    /// profile (key algorithm and curve, signature algorithm, EKU, and
+    /// challengePassword when channel binding is required); `[]` answers 204.
     #[serde(default)]
-    pub csrattrs: Vec<String>,
-    /// A bootstrap certificate may only enroll its own common name.
+    pub csrattrs: Option<Vec<String>>,
+    /// A bootstrap certificate may only enroll the subjects of
+    /// `bootstrap_subjects`; `false` lets it enroll any subject.
     #[serde(default = "yes")]
     pub bootstrap_subject_must_match: bool,
     /// The CA behind the label: `local` (default) or `aws-iot`.
@@ -441,6 +482,7 @@ impl Config {
         resolve(&mut self.tls.key);
         self.tls.bootstrap_trust.iter_mut().for_each(resolve);
         resolve(&mut self.ca.dir);
+        self.cas.values_mut().for_each(|ca| resolve(&mut ca.dir));
         resolve(&mut self.registry.path);
         let resolve_label = |label: &mut LabelConfig| {
             for path in [&mut label.ca_bundle, &mut label.client_ca]
@@ -477,10 +519,43 @@ impl Config {
             .key_algorithm
             .parse::<est_wire::keys::KeyAlgorithm>()
             .map_err(|e| anyhow::anyhow!("ca.key_algorithm: {e}"))?;
+        if self.ca.client_auth == Some(false) {
+            bail!("ca.client_auth: the device CA in [ca] always authenticates clients; put a hierarchy that must not into [cas.<name>]");
+        }
+        for (name, ca) in &self.cas {
+            if name == DEVICE_CA {
+                bail!("cas.{name}: `{DEVICE_CA}` names [ca]; choose another name");
+            }
+            ca.key_algorithm
+                .parse::<est_wire::keys::KeyAlgorithm>()
+                .map_err(|e| anyhow::anyhow!("cas.{name}.key_algorithm: {e}"))?;
+            if ca.dir == self.ca.dir
+                || self
+                    .cas
+                    .iter()
+                    .any(|(other, o)| other != name && o.dir == ca.dir)
+            {
+                bail!(
+                    "cas.{name}.dir: {} is already another CA's directory",
+                    ca.dir.display()
+                );
+            }
+        }
         for (name, profile) in &self.profiles {
             profile
                 .validate()
                 .map_err(|e| anyhow::anyhow!("profiles.{name}: {e}"))?;
+            let ca = profile.ca.as_deref().unwrap_or(DEVICE_CA);
+            if ca != DEVICE_CA && !self.cas.contains_key(ca) {
+                bail!("profiles.{name}.ca: no CA named `{ca}` in [cas]");
+            }
+            if profile.subordinate_ca && self.trusts_for_client_auth(ca) {
+                bail!(
+                    "profiles.{name}: a subordinate-CA profile must issue from a CA hierarchy that is not trusted for client authentication \
+                     (its CA `{ca}` is), or every certificate an Edge CA mints would authenticate to this server and to brokers trusting the device CA; \
+                     add e.g. [cas.edge] with dir = \"edge-ca\" and set ca = \"edge\" on this profile"
+                );
+            }
         }
         self.validate_label("enroll", &self.enroll)?;
         for (name, label) in &self.labels {
@@ -557,9 +632,28 @@ impl Config {
                 label.profile
             );
         }
-        for oid in &label.csrattrs {
+        for name in &label.profiles {
+            if name != "default" && !self.profiles.contains_key(name) {
+                bail!("{field}.profiles: no profile named `{name}` in [profiles]");
+            }
+        }
+        for oid in label.csrattrs.iter().flatten() {
             const_oid::ObjectIdentifier::new(oid)
                 .map_err(|_| anyhow::anyhow!("{field}.csrattrs: `{oid}` is not a dotted OID"))?;
+        }
+        for template in label
+            .bootstrap_subjects
+            .iter()
+            .chain([&label.subordinate_ca_subject])
+        {
+            if template.matches("{cn}").count() > 1 || template.trim().is_empty() {
+                bail!("{field}: subject template `{template}` must be non-empty and name {{cn}} at most once");
+            }
+        }
+        for user in &label.subordinate_ca_users {
+            if !self.users.iter().any(|u| &u.name == user) {
+                bail!("{field}.subordinate_ca_users: no [[users]] entry named `{user}`");
+            }
         }
         if label.backend == BackendKind::AwsIot {
             if cfg!(not(feature = "aws")) {
@@ -578,6 +672,48 @@ impl Config {
     /// The profile named `name` (`default` when not configured).
     pub fn profile(&self, name: &str) -> Profile {
         self.profiles.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The CA settings named `name` (`device` is `[ca]`).
+    pub fn ca_named(&self, name: &str) -> Option<&CaConfig> {
+        if name == DEVICE_CA {
+            Some(&self.ca)
+        } else {
+            self.cas.get(name)
+        }
+    }
+
+    /// Whether the CA named `name` is trusted for TLS client authentication.
+    pub fn trusts_for_client_auth(&self, name: &str) -> bool {
+        name == DEVICE_CA
+            || self
+                .cas
+                .get(name)
+                .and_then(|ca| ca.client_auth)
+                .unwrap_or(false)
+    }
+
+    /// Whether any profile issues subordinate CAs from the CA named `name`
+    /// (its issuing CA then needs room for one more level).
+    pub fn issues_subordinate_cas(&self, name: &str) -> bool {
+        self.profiles
+            .values()
+            .any(|p| p.subordinate_ca && p.ca.as_deref().unwrap_or(DEVICE_CA) == name)
+    }
+
+    /// Names reserved for the server's own use: the rotation orchestrator's
+    /// client id (configured or default, whether or not rotation is on) and
+    /// `reserved_names`, normalised for comparison.
+    pub fn reserved_common_names(&self) -> Vec<String> {
+        let orchestrator = self
+            .rotation
+            .as_ref()
+            .map(|r| r.client_id.clone())
+            .unwrap_or_else(default_rotation_client_id);
+        std::iter::once(orchestrator)
+            .chain(self.reserved_names.iter().cloned())
+            .map(|name| crate::authority::subject::normalise(&name))
+            .collect()
     }
 }
 
@@ -625,6 +761,12 @@ fn default_failures_per_minute() -> u32 {
 }
 fn default_profile_name() -> String {
     "default".into()
+}
+fn default_bootstrap_subjects() -> Vec<String> {
+    vec!["{cn}".into()]
+}
+fn default_subordinate_ca_subject() -> String {
+    "aziot-edge CA {cn}".into()
 }
 fn default_auth() -> Vec<AuthMethod> {
     vec![AuthMethod::Basic, AuthMethod::BootstrapCert]

@@ -46,6 +46,15 @@ pub enum EstError {
         /// What the client is waiting for.
         message: String,
     },
+    /// A temporary conflict with a concurrent request (409 + Retry-After):
+    /// the same request can succeed once the other one is done.
+    #[error("{message}")]
+    Conflict {
+        /// Seconds the client should wait before trying again.
+        retry_after_secs: u64,
+        /// What the request ran into.
+        message: String,
+    },
     /// The operation exists but is not offered here (501).
     #[error("{0}")]
     NotImplemented(String),

@@ -103,6 +103,22 @@ pub async fn serve(
     }
 }
 
+/// A client certificate refused in the handshake (expired, a CA used as an
+/// end entity, an unknown issuer) is worth an operator's attention: it is
+/// logged at info with the reason and the address. Other handshake failures
+/// (scanners, clients giving up) stay at debug.
+fn log_handshake_failure(peer: SocketAddr, error: &std::io::Error) {
+    let rustls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(reason)) => {
+            tracing::info!(%peer, reason = ?reason, "client certificate refused in the TLS handshake");
+        }
+        _ => tracing::debug!(%peer, error = %error, "TLS handshake failed"),
+    }
+}
+
 async fn serve_connection(
     state: Arc<AppState>,
     acceptor: TlsAcceptor,
@@ -114,7 +130,7 @@ async fn serve_connection(
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            log_handshake_failure(peer, &e);
             return;
         }
         Err(_) => {
@@ -537,6 +553,7 @@ fn error_response(state: &AppState, error: &EstError, request_id: u64) -> Respon
         EstError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         EstError::Pending { .. } => StatusCode::ACCEPTED,
         EstError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+        EstError::Conflict { .. } => StatusCode::CONFLICT,
         EstError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         EstError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         EstError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -561,6 +578,9 @@ fn error_response(state: &AppState, error: &EstError, request_id: u64) -> Respon
             retry_after_secs, ..
         }
         | EstError::TooManyRequests {
+            retry_after_secs, ..
+        }
+        | EstError::Conflict {
             retry_after_secs, ..
         } => {
             headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));

@@ -9,6 +9,7 @@
 //! (Prometheus series and the admin listener).
 
 pub mod auth;
+pub mod authority;
 pub mod config;
 pub mod cvm;
 pub mod dev;
