@@ -21,6 +21,8 @@ fn cert(serial: &str, predecessor: Option<&str>) -> NewCertificate {
         predecessor: predecessor.map(str::to_owned),
         device_id: None,
         backend_ref: Some(format!("aws-{serial}")),
+        owner: None,
+        lineage: None,
         der: vec![0x30, 0x00],
     }
 }
@@ -32,6 +34,7 @@ fn device(id: &str, hash: &str) -> NewDevice {
         label: "lbl".into(),
         thing_name: Some(format!("thing-{id}")),
         policy: None,
+        edge_ca: false,
     }
 }
 
