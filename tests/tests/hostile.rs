@@ -217,9 +217,10 @@ fn pipeliners_that_never_read_are_closed_after_the_write_timeout() {
     eprintln!("pipeliners closed after {closed:?}");
     for closed in closed {
         let closed = closed.expect("a pipeliner that never reads was still connected after 25 s");
-        // The server keeps answering from its buffers until its send buffer
-        // is full (1-2 s for a debug build), then closes 2 s later.
-        assert!(closed.stalled < Duration::from_secs(8), "{closed:?}");
+        // The server keeps answering what it has read until its send buffer
+        // is full (1-4 s for a debug build on a busy machine), then closes
+        // 2 s later. (The timer itself is tested exactly in listener.rs.)
+        assert!(closed.stalled < Duration::from_secs(12), "{closed:?}");
         assert!(closed.after < Duration::from_secs(15), "{closed:?}");
     }
     // The server's side is gone too, not just the client's.
@@ -271,11 +272,16 @@ fn one_address_cannot_take_every_connection() {
         }
         held
     });
-    assert_eq!(held.len(), 10, "handshaken connections from 127.0.0.2");
     // Another address is still served, at once.
     let started = Instant::now();
-    assert_eq!(cacerts_status(&server, "5"), 200);
+    assert_eq!(
+        cacerts_status(&server, "5"),
+        200,
+        "127.0.0.1 while 127.0.0.2 holds {} connections",
+        held.len()
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(held.len(), 10, "handshaken connections from 127.0.0.2");
     assert!(
         metric(
             &admin,
