@@ -292,8 +292,9 @@ pub struct Limits {
     /// Most connections served at once; further ones wait in the accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Most connections one client address may hold at once; further ones
-    /// from it are closed before the TLS handshake (at most `max_connections`).
+    /// Most connections one client address (IPv6: one /64) may hold at once;
+    /// further ones from it are closed before the TLS handshake (at most
+    /// `max_connections`).
     #[serde(default = "default_max_connections_per_address")]
     pub max_connections_per_address: usize,
     /// A response write that makes no progress for this long closes the

@@ -80,6 +80,9 @@ fn backoff(failures: u32) -> Duration {
 }
 
 /// Counts open connections per client address and refuses those over a cap.
+///
+/// An IPv6 client counts by its /64 (one host usually has the whole prefix
+/// to pick addresses from); an IPv4-mapped IPv6 address as its IPv4 address.
 pub struct PerAddress {
     limit: usize,
     counts: Mutex<HashMap<IpAddr, usize>>,
@@ -97,6 +100,7 @@ impl PerAddress {
     /// A guard counting one connection from `address`, or `None` when the
     /// address already holds `limit` connections.
     pub fn try_acquire(self: &Arc<Self>, address: IpAddr) -> Option<AddressGuard> {
+        let address = client_key(address);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let count = counts.entry(address).or_insert(0);
         if *count >= self.limit {
@@ -112,7 +116,18 @@ impl PerAddress {
     /// Connections `address` holds now.
     pub fn count(&self, address: IpAddr) -> usize {
         let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts.get(&address).copied().unwrap_or(0)
+        counts.get(&client_key(address)).copied().unwrap_or(0)
+    }
+}
+
+/// What one client is counted as: its IPv4 address, or its IPv6 /64.
+fn client_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
     }
 }
 
@@ -262,6 +277,24 @@ mod tests {
         assert!(caps.try_acquire(a).is_some());
         drop(_other);
         assert_eq!(caps.count(b), 0);
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_slash_64() {
+        let caps = PerAddress::new(1);
+        let _held = caps
+            .try_acquire("2001:db8:1:2::1".parse().unwrap())
+            .unwrap();
+        assert!(caps
+            .try_acquire("2001:db8:1:2:ffff::9".parse().unwrap())
+            .is_none());
+        assert!(caps
+            .try_acquire("2001:db8:1:3::1".parse().unwrap())
+            .is_some());
+        let _v4 = caps.try_acquire("192.0.2.7".parse().unwrap()).unwrap();
+        assert!(caps
+            .try_acquire("::ffff:192.0.2.7".parse().unwrap())
+            .is_none());
     }
 
     #[tokio::test]
