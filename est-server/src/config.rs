@@ -293,10 +293,11 @@ pub struct Limits {
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Most connections one client address (IPv6: one /64) may hold at once;
-    /// further ones from it are closed before the TLS handshake (at most
-    /// `max_connections`).
-    #[serde(default = "default_max_connections_per_address")]
-    pub max_connections_per_address: usize,
+    /// further ones from it are closed before the TLS handshake. At most
+    /// `max_connections`; unset: 64, or `max_connections` when that is lower
+    /// (see [`Limits::connections_per_address`]).
+    #[serde(default)]
+    pub max_connections_per_address: Option<usize>,
     /// A response write that makes no progress for this long closes the
     /// connection (clients that send requests but never read the answers).
     #[serde(default = "default_timeout", with = "duration_text")]
@@ -327,7 +328,7 @@ impl Default for Limits {
             header_timeout: default_timeout(),
             body_timeout: default_timeout(),
             max_connections: default_max_connections(),
-            max_connections_per_address: default_max_connections_per_address(),
+            max_connections_per_address: None,
             write_timeout: default_timeout(),
             connection_lifetime: default_connection_lifetime(),
             admin_max_connections: default_admin_max_connections(),
@@ -339,20 +340,24 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The per-address connection cap in force.
+    pub fn connections_per_address(&self) -> usize {
+        self.max_connections_per_address
+            .unwrap_or(DEFAULT_CONNECTIONS_PER_ADDRESS.min(self.max_connections))
+    }
+
     /// Checks the values that serde cannot.
     fn validate(&self) -> anyhow::Result<()> {
         if self.max_connections == 0 {
             bail!("limits.max_connections: must be at least 1");
         }
-        if self.max_connections_per_address == 0 {
-            bail!("limits.max_connections_per_address: must be at least 1");
-        }
-        if self.max_connections_per_address > self.max_connections {
-            bail!(
-                "limits.max_connections_per_address ({}) must not exceed limits.max_connections ({})",
-                self.max_connections_per_address,
+        match self.max_connections_per_address {
+            Some(0) => bail!("limits.max_connections_per_address: must be at least 1"),
+            Some(cap) if cap > self.max_connections => bail!(
+                "limits.max_connections_per_address ({cap}) must not exceed limits.max_connections ({})",
                 self.max_connections
-            );
+            ),
+            _ => {}
         }
         if self.admin_max_connections == 0 {
             bail!("limits.admin_max_connections: must be at least 1");
@@ -660,9 +665,8 @@ fn default_timeout() -> Duration {
 fn default_max_connections() -> usize {
     4096
 }
-fn default_max_connections_per_address() -> usize {
-    64
-}
+/// `limits.max_connections_per_address` when unset (and `max_connections` is higher).
+const DEFAULT_CONNECTIONS_PER_ADDRESS: usize = 64;
 fn default_connection_lifetime() -> Duration {
     Duration::from_secs(300)
 }
@@ -750,7 +754,10 @@ mod tests {
     #[test]
     fn connection_limits_are_checked() {
         let config = load_str(MINIMAL).unwrap();
-        assert_eq!(config.limits.max_connections_per_address, 64);
+        assert_eq!(config.limits.connections_per_address(), 64);
+        // Unset, it follows a lower max_connections (older configs keep loading).
+        let small = load_str(&format!("{MINIMAL}[limits]\nmax_connections = 10\n")).unwrap();
+        assert_eq!(small.limits.connections_per_address(), 10);
         assert_eq!(config.limits.write_timeout, Duration::from_secs(10));
         assert_eq!(config.limits.connection_lifetime, Duration::from_secs(300));
         assert_eq!(config.limits.admin_max_connections, 32);

@@ -82,7 +82,7 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(state.limits.max_connections));
-    let per_address = PerAddress::new(state.limits.max_connections_per_address);
+    let per_address = PerAddress::new(state.limits.connections_per_address());
     let mut listener = Acceptor::new(listener, "est");
     tokio::pin!(shutdown);
     loop {
