@@ -31,7 +31,7 @@ use crate::auth::{ClientCertificate, Credentials};
 use crate::config::Limits;
 use crate::enroll::{EnrollRequest, EnrollService, Label};
 use crate::error::EstError;
-use crate::listener::{Acceptor, PerAddress, WriteTimeout};
+use crate::listener::{BackoffListener, PerAddress, WriteTimeout};
 use crate::registry::Registry;
 use crate::router::{route, Operation, RouteError};
 use est_wire::media;
@@ -83,7 +83,7 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(state.limits.max_connections));
     let per_address = PerAddress::new(state.limits.connections_per_address());
-    let mut listener = Acceptor::new(listener, "est");
+    let mut listener = BackoffListener::new(listener, "est");
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {

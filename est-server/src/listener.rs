@@ -21,10 +21,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between accept attempts while they keep failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// A TCP listener whose [`Acceptor::accept`] never spins: after an accept
+/// A TCP listener whose [`BackoffListener::accept`] never spins: after an accept
 /// error (typically EMFILE, out of file descriptors) it waits 100 ms,
 /// doubling up to 1 s while the errors go on, and logs once per burst.
-pub struct Acceptor {
+pub struct BackoffListener {
     listener: TcpListener,
     /// Names the listener in logs.
     name: &'static str,
@@ -32,7 +32,7 @@ pub struct Acceptor {
     failures: u32,
 }
 
-impl Acceptor {
+impl BackoffListener {
     /// Wraps `listener`; `name` names it in logs.
     pub fn new(listener: TcpListener, name: &'static str) -> Self {
         Self {

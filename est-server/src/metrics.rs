@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::Limits;
-use crate::listener::{Acceptor, WriteTimeout};
+use crate::listener::{BackoffListener, WriteTimeout};
 use crate::registry::{unix_now, Registry, RotationState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -293,10 +293,10 @@ pub async fn serve_admin(
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "admin listener (metrics, health)");
     println!("admin listening on {local}");
-    let mut acceptor = Acceptor::new(listener, "admin");
+    let mut listener = BackoffListener::new(listener, "admin");
     let permits = Arc::new(Semaphore::new(limits.admin_max_connections));
     loop {
-        let (stream, peer) = acceptor.accept().await;
+        let (stream, peer) = listener.accept().await;
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "admin listener busy; connection closed");
             metrics.connection_refused("admin", "busy");
