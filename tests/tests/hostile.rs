@@ -205,7 +205,7 @@ fn pipeliners_that_never_read_are_closed_after_the_write_timeout() {
             tasks.push(tokio::spawn(pipeline_until_closed(
                 stream,
                 CACERTS,
-                Duration::from_secs(25),
+                Duration::from_secs(30),
             )));
         }
         let mut closed = Vec::new();
@@ -216,11 +216,12 @@ fn pipeliners_that_never_read_are_closed_after_the_write_timeout() {
     });
     eprintln!("pipeliners closed after {closed:?}");
     for closed in closed {
-        let closed = closed.expect("a pipeliner that never reads was still connected after 25 s");
+        let closed = closed.expect("a pipeliner that never reads was still connected after 30 s");
         // The server keeps answering what it has read until its send buffer
-        // is full (1-4 s for a debug build on a busy machine), then closes
-        // 2 s later. (The timer itself is tested exactly in listener.rs.)
-        assert!(closed.stalled < Duration::from_secs(12), "{closed:?}");
+        // is full (1-6 s for a debug build on a busy machine: megabytes of
+        // answers), then closes 2 s later. The timer itself is tested
+        // exactly in listener.rs; without it nothing closes them at all.
+        assert!(closed.stalled < Duration::from_secs(15), "{closed:?}");
         assert!(closed.after < Duration::from_secs(15), "{closed:?}");
     }
     // The server's side is gone too, not just the client's.
