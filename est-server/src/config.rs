@@ -311,6 +311,23 @@ pub struct Limits {
     /// Most connections served at once; further ones wait in the accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most connections one client address (IPv6: one /64) may hold at once;
+    /// further ones from it are closed before the TLS handshake. At most
+    /// `max_connections`; unset: 64, or `max_connections` when that is lower
+    /// (see [`Limits::connections_per_address`]).
+    #[serde(default)]
+    pub max_connections_per_address: Option<usize>,
+    /// A response write that makes no progress for this long closes the
+    /// connection (clients that send requests but never read the answers).
+    #[serde(default = "default_timeout", with = "duration_text")]
+    pub write_timeout: Duration,
+    /// The longest a connection is kept; after it the connection is closed
+    /// once the response in progress is sent.
+    #[serde(default = "default_connection_lifetime", with = "duration_text")]
+    pub connection_lifetime: Duration,
+    /// Most connections the admin listener serves at once; further ones are closed.
+    #[serde(default = "default_admin_max_connections")]
+    pub admin_max_connections: usize,
     /// Failed device-token attempts before the device is locked.
     #[serde(default = "default_lockout_after")]
     pub token_lockout_after: u32,
@@ -330,10 +347,49 @@ impl Default for Limits {
             header_timeout: default_timeout(),
             body_timeout: default_timeout(),
             max_connections: default_max_connections(),
+            max_connections_per_address: None,
+            write_timeout: default_timeout(),
+            connection_lifetime: default_connection_lifetime(),
+            admin_max_connections: default_admin_max_connections(),
             token_lockout_after: default_lockout_after(),
             token_lockout: default_lockout(),
             failures_per_minute_per_address: default_failures_per_minute(),
         }
+    }
+}
+
+impl Limits {
+    /// The per-address connection cap in force.
+    pub fn connections_per_address(&self) -> usize {
+        self.max_connections_per_address
+            .unwrap_or(DEFAULT_CONNECTIONS_PER_ADDRESS.min(self.max_connections))
+    }
+
+    /// Checks the values that serde cannot.
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.max_connections == 0 {
+            bail!("limits.max_connections: must be at least 1");
+        }
+        match self.max_connections_per_address {
+            Some(0) => bail!("limits.max_connections_per_address: must be at least 1"),
+            Some(cap) if cap > self.max_connections => bail!(
+                "limits.max_connections_per_address ({cap}) must not exceed limits.max_connections ({})",
+                self.max_connections
+            ),
+            _ => {}
+        }
+        if self.admin_max_connections == 0 {
+            bail!("limits.admin_max_connections: must be at least 1");
+        }
+        for (field, value) in [
+            ("write_timeout", self.write_timeout),
+            ("connection_lifetime", self.connection_lifetime),
+        ] {
+            if value.is_zero() {
+                bail!("limits.{field}: must be longer than 0s");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -619,9 +675,7 @@ impl Config {
         if self.limits.max_body_bytes < 1024 {
             bail!("limits.max_body_bytes: must be at least 1024");
         }
-        if self.limits.max_connections == 0 {
-            bail!("limits.max_connections: must be at least 1");
-        }
+        self.limits.validate()?;
         Ok(())
     }
 
@@ -747,6 +801,14 @@ fn default_timeout() -> Duration {
 fn default_max_connections() -> usize {
     4096
 }
+/// `limits.max_connections_per_address` when unset (and `max_connections` is higher).
+const DEFAULT_CONNECTIONS_PER_ADDRESS: usize = 64;
+fn default_connection_lifetime() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_admin_max_connections() -> usize {
+    32
+}
 fn default_retire_grace() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
 }
@@ -829,5 +891,33 @@ mod tests {
             .unwrap_err()
         );
         assert!(err.contains("users[0].password_hash"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_are_checked() {
+        let config = load_str(MINIMAL).unwrap();
+        assert_eq!(config.limits.connections_per_address(), 64);
+        // Unset, it follows a lower max_connections (older configs keep loading).
+        let small = load_str(&format!("{MINIMAL}[limits]\nmax_connections = 10\n")).unwrap();
+        assert_eq!(small.limits.connections_per_address(), 10);
+        assert_eq!(config.limits.write_timeout, Duration::from_secs(10));
+        assert_eq!(config.limits.connection_lifetime, Duration::from_secs(300));
+        assert_eq!(config.limits.admin_max_connections, 32);
+        let err = format!(
+            "{:#}",
+            load_str(&format!(
+                "{MINIMAL}[limits]\nmax_connections = 10\nmax_connections_per_address = 11\n"
+            ))
+            .unwrap_err()
+        );
+        assert!(
+            err.contains("limits.max_connections_per_address (11) must not exceed limits.max_connections (10)"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            load_str(&format!("{MINIMAL}[limits]\nwrite_timeout = \"0s\"\n")).unwrap_err()
+        );
+        assert!(err.contains("limits.write_timeout"), "{err}");
     }
 }

@@ -193,7 +193,8 @@ pub async fn run(
 
     if let Some(address) = config.admin_listen {
         let (metrics, registry) = (metrics.clone(), state.registry.clone());
-        let listener = crate::metrics::serve_admin(address, metrics, registry);
+        let listener =
+            crate::metrics::serve_admin(address, metrics, registry, config.limits.clone());
         tokio::spawn(async move {
             if let Err(e) = listener.await {
                 tracing::error!(error = %e, "admin listener failed");

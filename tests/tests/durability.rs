@@ -140,7 +140,8 @@ fn a_thousand_replays_of_one_token_across_two_processes_yield_one_certificate() 
     let registry_path = shared_registry.path().join("registry.sqlite");
     let tables = format!(
         "[registry]\npath = \"{}\"\n[labels.fleet]\nprofile = \"device\"\nauth = [\"device-token\"]\n\
-         [limits]\nmax_connections = 4096\nfailures_per_minute_per_address = 100000\n",
+         [limits]\nmax_connections = 4096\nmax_connections_per_address = 4096\n\
+         failures_per_minute_per_address = 100000\n",
         registry_path.display()
     );
     let server_a = Server::start_with(&config_with(&tables), None);
