@@ -1302,6 +1302,96 @@ mod tests {
         assert_eq!(indexes, 5, "the five named indexes are back");
     }
 
+    /// A registry made before lineages (the previous release's schema, with a
+    /// certificate and a device) opens with the new columns added: its
+    /// certificates have no owner or lineage, its devices no Edge CA flag,
+    /// and a new certificate of a lineage can replace an old one.
+    #[tokio::test]
+    async fn registries_from_before_lineages_migrate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("previous.sqlite");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE certificates (
+                    serial TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, label TEXT NOT NULL,
+                    subject TEXT NOT NULL, san TEXT NOT NULL, not_before INTEGER NOT NULL,
+                    not_after INTEGER NOT NULL, auth TEXT NOT NULL, predecessor TEXT,
+                    successor TEXT, state TEXT NOT NULL, issued_at INTEGER NOT NULL,
+                    der BLOB NOT NULL, device_id TEXT, backend_ref TEXT, superseded_at INTEGER,
+                    proven INTEGER NOT NULL DEFAULT 0, retired_at INTEGER, revoked_at INTEGER);
+                 CREATE TABLE devices (
+                    id TEXT PRIMARY KEY, token_hash TEXT NOT NULL, label TEXT NOT NULL,
+                    thing_name TEXT, policy TEXT, state TEXT NOT NULL, created_at INTEGER NOT NULL,
+                    enrolled_at INTEGER, cert_serial TEXT, cert_id TEXT, cert_fingerprint TEXT,
+                    cert_not_after INTEGER, failed_attempts INTEGER NOT NULL DEFAULT 0,
+                    locked_until INTEGER, lease_owner TEXT, lease_until INTEGER);
+                 INSERT INTO certificates (serial, fingerprint, label, subject, san, not_before,
+                    not_after, auth, state, issued_at, der, device_id)
+                 VALUES ('0a', 'fp-0a', '', 'CN=dev', '', 0, 10, 'device-token:dev', 'active', 1, x'3000', 'dev');
+                 INSERT INTO devices (id, token_hash, label, state, created_at, cert_serial)
+                 VALUES ('dev', 'h', '', 'enrolled', 1, '0a');",
+            )
+            .unwrap();
+        }
+        let registry = SqliteRegistry::open(&path).unwrap();
+        let old = registry.find_by_serial("0a").await.unwrap().unwrap();
+        assert_eq!(
+            (old.certificate.owner, old.certificate.lineage),
+            (None, None)
+        );
+        assert!(
+            !registry
+                .device("dev")
+                .await
+                .unwrap()
+                .unwrap()
+                .device
+                .edge_ca
+        );
+        registry.set_device_edge_ca("dev", true).await.unwrap();
+        assert!(
+            registry
+                .device("dev")
+                .await
+                .unwrap()
+                .unwrap()
+                .device
+                .edge_ca
+        );
+        let successor = NewCertificate {
+            serial: "0b".into(),
+            fingerprint: "fp-0b".into(),
+            label: String::new(),
+            subject: "CN=dev".into(),
+            san: String::new(),
+            not_before: 0,
+            not_after: 20,
+            auth: "identity-cert:0a".into(),
+            predecessor: Some("0a".into()),
+            device_id: None,
+            backend_ref: None,
+            owner: Some("device:dev".into()),
+            lineage: Some("l1".into()),
+            der: vec![0x30, 0x00],
+        };
+        registry
+            .record_issued(successor, Some("0a".into()), None, None)
+            .await
+            .unwrap();
+        let live = registry
+            .live_in_lineage("device:dev", "l1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(live.certificate.serial, "0b");
+        assert_eq!(live.certificate.device_id.as_deref(), Some("dev"));
+        assert_eq!(
+            registry.find_by_serial("0a").await.unwrap().unwrap().state,
+            CertState::Superseded
+        );
+    }
+
     /// Every certificate look-up runs on an index, so a registry of a million
     /// certificates answers renewals, audits and listings without table scans.
     #[test]
