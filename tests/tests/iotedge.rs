@@ -581,6 +581,17 @@ fn a_certificate_minted_under_an_edge_ca_authenticates_nowhere() {
         "{}",
         server.log()
     );
+    // The Edge CA itself is no client certificate either, and the log says why.
+    let (status, _, _) = device.issue(None, (&edge.chain, &edge.key), &csr);
+    assert_eq!(
+        status, 0,
+        "a CA used as an end entity must fail the handshake"
+    );
+    assert!(
+        server.log().contains("CaUsedAsEndEntity"),
+        "{}",
+        server.log()
+    );
     // …and so does the README's Mosquitto, which trusts the device CA only.
     let port = mosquitto::Mosquitto::free_port();
     let broker = mosquitto::Mosquitto::start(&server, port);

@@ -59,9 +59,16 @@ pub fn rebuild(subject: &Name) -> Result<StrictSubject, String> {
                 }
                 common_name = Some(text.clone());
             }
+            // UTF8String and PrintableString values are kept as sent (so a
+            // valid subject is issued byte for byte, and a CA that signs the
+            // CSR as sent sees no difference); other text is re-encoded.
+            let value = match atv.value.tag() {
+                Tag::Utf8String | Tag::PrintableString => atv.value.clone(),
+                _ => encode_text(&text)?,
+            };
             values.push(AttributeTypeAndValue {
                 oid: atv.oid,
-                value: encode_text(&text)?,
+                value,
             });
         }
         let set = SetOfVec::try_from(values)
@@ -250,6 +257,12 @@ mod tests {
         assert_eq!(
             strict.name.0[0].0.get(0).unwrap().value.tag(),
             Tag::Utf8String
+        );
+        // A subject already strict is issued byte for byte.
+        let plain = name(vec![atv(rfc4519::COMMON_NAME, Tag::Utf8String, b"plain")]);
+        assert_eq!(
+            rebuild(&plain).unwrap().name.to_der().unwrap(),
+            plain.to_der().unwrap()
         );
     }
 
