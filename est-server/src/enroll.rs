@@ -349,7 +349,15 @@ impl EnrollService {
             device_id: facts.device_id.clone(),
             backend_ref: issued.backend_ref.clone(),
             owner: Some(owner),
-            lineage: Some(lineage_key),
+            // A renewal continues the lineage it replaces (libest's
+            // `simplereenroll` copies the old certificate's extensions into
+            // its CSR, which would otherwise read as another kind of request).
+            lineage: Some(
+                replaces
+                    .as_ref()
+                    .and_then(|r| r.certificate.lineage.clone())
+                    .unwrap_or(lineage_key),
+            ),
             der: issued.der.clone(),
         };
         let claim = reservation.clone().map(|(device_id, owner)| DeviceClaim {

@@ -532,3 +532,39 @@ fn crl_lists_revoked_and_retired_certificates() {
     server.admin(&["crl", "--out", &out.display().to_string()]);
     assert!(std::fs::metadata(&out).unwrap().len() > 100);
 }
+
+/// libest's `simplereenroll` copies the old certificate's extensions into
+/// its CSR; the renewal still continues the same lineage.
+#[test]
+fn reenroll_continues_the_lineage_whatever_the_csr_asks_for() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let first = Csr::new(work.path(), "l1", KeyType::P256, "/CN=libest-like", &[]);
+    let cert = work.path().join("l1.pem");
+    enroll_basic(&server, None, &first, &cert);
+    let again = Csr::new(
+        work.path(),
+        "l2",
+        KeyType::P256,
+        "/CN=libest-like",
+        &[
+            "extendedKeyUsage=clientAuth",
+            "keyUsage=digitalSignature,keyAgreement",
+        ],
+    );
+    let (c, k) = (cert.display().to_string(), first.key.display().to_string());
+    let response = post_csr(&server, None, "simplereenroll", &again.b64, &mtls(&c, &k));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let renewed = serial_of_response(&response);
+    let listing = server.admin(&["certs", "list"]);
+    let lineage = |serial: &str| {
+        listing
+            .lines()
+            .find(|l| l.starts_with(serial))
+            .and_then(|l| l.split_whitespace().find(|w| w.starts_with("lineage=")))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(lineage(&serial_of(&cert)), lineage(&renewed), "{listing}");
+    assert!(state_of(&server, &serial_of(&cert)).starts_with("superseded"));
+}
