@@ -121,18 +121,7 @@ fn reference_table_imported_and_reference_device_enrolls_through_getcert() {
     server_env.push(("EST_LOG", "debug"));
     let server = Server::start_with_env(&config, None, &server_env);
     let broker = Mosquitto::start(&server, broker_port);
-    let import = |extra: &[&str]| {
-        let mut args = vec![
-            "devices",
-            "import",
-            "--from-cvm-dynamodb",
-            "deviceInfo",
-            "--label",
-            "fleet",
-        ];
-        args.extend_from_slice(extra);
-        server.admin_env(&args, &env)
-    };
+    let import = |extra: &[&str]| import_table(&server, &env, extra);
 
     // Dry run: says what would change, writes nothing.
     let dry = import(&["--dry-run"]);
@@ -313,4 +302,168 @@ fn fingerprint(pem: &Path) -> String {
         .next()
         .unwrap()
         .to_owned()
+}
+
+/// Runs `devices import --from-cvm-dynamodb deviceInfo --label fleet` with `extra`.
+fn import_table(server: &Server, env: &[(&str, String)], extra: &[&str]) -> String {
+    let mut args = vec![
+        "devices",
+        "import",
+        "--from-cvm-dynamodb",
+        "deviceInfo",
+        "--label",
+        "fleet",
+    ];
+    args.extend_from_slice(extra);
+    server.admin_env(&args, env)
+}
+
+#[test]
+fn on_aws_iot_with_a_dynamodb_registry_the_answer_carries_aws_ids() {
+    let moto = Moto::start();
+    let work = tempfile::tempdir().unwrap();
+    fill_reference_table(&moto, work.path());
+    moto.boto("iot.create_policy(policyName='FleetPolicy', policyDocument=json.dumps({'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Action': 'iot:Connect', 'Resource': '*'}]}))");
+    let env = moto.env();
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let extra = format!(
+        "[registry]\nkind = \"dynamodb\"\ntable = \"est-registry\"\n\
+         [aws]\nendpoint_url = \"{endpoint}\"\nregion = \"us-east-1\"\n\
+         [labels.fleet]\nbackend = \"aws-iot\"\npolicy = \"FleetPolicy\"\nca_bundle = \"{ca}\"\n\
+         auth = [\"device-token\"]\n[cvm]\nlabel = \"fleet\"\ngetcert_path = \"/Prod/getcert\"\n",
+        endpoint = moto.endpoint,
+        ca = moto.ca_pem.display()
+    );
+    let setup = tempfile::tempdir().unwrap();
+    let setup_config = setup.path().join("est-server.toml");
+    std::fs::write(
+        &setup_config,
+        config_with(&extra).replace("@BOOTSTRAP@", "[]"),
+    )
+    .unwrap();
+    let output = Command::new(server_binary())
+        .args(["registry", "create-table", "--config"])
+        .arg(&setup_config)
+        .envs(env_refs.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let server = Server::start_with_env(&config_with(&extra), None, &env_refs);
+
+    let report = import_table(&server, &env, &[]);
+    assert!(
+        report.contains(&format!(
+            "{UNUSED} devices added with unused tokens, {ENROLLED} added as enrolled, 0 already imported, 5 skipped"
+        )),
+        "{report}"
+    );
+    let again = import_table(&server, &env, &[]);
+    assert!(
+        again.contains(&format!("{} already imported", UNUSED + ENROLLED)),
+        "{again}"
+    );
+
+    // The reference device: its certificate is ACTIVE, attached to its thing and the policy.
+    let api = server.url("/Prod/getcert");
+    let (ok, id) = reference_device(
+        &api,
+        "SN-0011",
+        &token(11),
+        &server.ca_pem(),
+        &work.path().join("d11"),
+    );
+    assert!(ok, "{id}\n{}", server.log());
+    let id = id.trim();
+    assert_eq!(
+        id,
+        fingerprint(&work.path().join("d11/cert.pem")),
+        "AWS's certificate id"
+    );
+    let out = moto.boto(&format!(
+        "d = iot.describe_certificate(certificateId='{id}')['certificateDescription']\n\
+         print(d['status'])\n\
+         print(iot.list_thing_principals(thingName='SN-0011')['principals'])\n\
+         print([p['policyName'] for p in iot.list_attached_policies(target=d['certificateArn'])['policies']])"
+    ));
+    assert!(
+        out.contains("ACTIVE") && out.contains(id) && out.contains("FleetPolicy"),
+        "{out}"
+    );
+
+    // The raw answer: the reference's fields, with AWS's ARN.
+    let response = server.curl(&[&format!(
+        "{api}?serialNumber=SN-0012&deviceToken={}",
+        token(12)
+    )]);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let answer: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    // In the reference's order (serde_json's map sorts, so read the raw text).
+    let text = response.text();
+    let positions: Vec<usize> = [
+        "\"certificateArn\"",
+        "\"certificateId\"",
+        "\"certificatePem\"",
+        "\"keyPair\"",
+        "\"RootCA\"",
+    ]
+    .iter()
+    .map(|key| {
+        text.find(key)
+            .unwrap_or_else(|| panic!("{key} missing: {text}"))
+    })
+    .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+    assert_eq!(answer.as_object().unwrap().len(), 5, "{text}");
+    let arn = answer["certificateArn"].as_str().unwrap();
+    assert!(arn.starts_with("arn:aws:iot:"), "{answer}");
+    assert!(
+        arn.ends_with(answer["certificateId"].as_str().unwrap()),
+        "{answer}"
+    );
+    assert!(answer["keyPair"]["PrivateKey"]
+        .as_str()
+        .unwrap()
+        .contains("PRIVATE KEY"));
+    assert!(answer["keyPair"]["PublicKey"]
+        .as_str()
+        .unwrap()
+        .contains("PUBLIC KEY"));
+    assert_eq!(
+        answer["RootCA"].as_str().unwrap().trim(),
+        std::fs::read_to_string(&moto.ca_pem).unwrap().trim()
+    );
+
+    // Replay: 4xx, no new AWS certificate.
+    let count = || moto.boto("print(len(iot.list_certificates()['certificates']))");
+    let before = count();
+    let (ok, out) = reference_device(
+        &api,
+        "SN-0011",
+        &token(11),
+        &server.ca_pem(),
+        &work.path().join("r"),
+    );
+    assert!(!ok && out.starts_with("HTTP 403"), "{out}");
+    assert_eq!(count(), before);
+
+    // An imported enrolled device: refused; the registry holds its AWS certificate.
+    let (ok, out) = reference_device(
+        &api,
+        "SN-E001",
+        &token(10_001),
+        &server.ca_pem(),
+        &work.path().join("e1"),
+    );
+    assert!(!ok && out.starts_with("HTTP 403"), "{out}");
+    let show = server.admin_env(&["devices", "show", "SN-E001"], &env);
+    assert!(
+        show.contains("state:        enrolled") && show.contains("auth=import:cvm-dynamodb"),
+        "{show}"
+    );
+    let audit = server.admin_env(&["audit", "--expiring-within", "36500d", "--json"], &env);
+    assert!(audit.contains("\"deviceId\": \"SN-E001\""), "{audit}");
 }
