@@ -137,35 +137,8 @@ pub async fn handle_getcert(
     peer: Option<std::net::IpAddr>,
     channel_binding: Option<[u8; 32]>,
 ) -> Result<GetcertResponse, EstError> {
-    let mut fields = if body.iter().all(u8::is_ascii_whitespace) {
-        GetcertBody::default()
-    } else {
-        serde_json::from_slice(body)
-            .map_err(|e| EstError::BadRequest(format!("the JSON body is invalid: {e}")))?
-    };
-    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match name.as_ref() {
-            "serialNumber" => merge(&mut fields.serial_number, value.into_owned(), &name)?,
-            "deviceToken" => {
-                let mut token = fields.device_token.take().map(|t| t.to_string());
-                let merged = merge(&mut token, value.into_owned(), &name);
-                fields.device_token = token.map(Zeroizing::new);
-                merged?
-            }
-            "csr" => merge(&mut fields.csr, value.into_owned(), &name)?,
-            _ => {}
-        }
-    }
-    let (Some(serial), Some(token)) = (&fields.serial_number, &fields.device_token) else {
-        return Err(EstError::BadRequest(
-            "serialNumber and deviceToken are required (query string or JSON body)".into(),
-        ));
-    };
-    if !crate::devices::is_valid_device_id(serial) {
-        return Err(EstError::BadRequest(
-            "serialNumber must be 1-128 printable ASCII characters without `:` or `,`".into(),
-        ));
-    }
+    let fields = getcert_fields(query, body)?;
+    let (serial, token) = (&fields.serial_number, &fields.device_token);
     let device = DeviceRequest {
         serial,
         token,
@@ -205,6 +178,50 @@ pub async fn handle_getcert(
         key_pair,
         root_ca,
     })
+}
+
+/// A reference-API request's fields: a JSON body (if any) and the query
+/// string, which must agree where both give a field.
+fn getcert_fields(query: Option<&str>, body: &[u8]) -> Result<GetcertFields, EstError> {
+    let mut fields = if body.iter().all(u8::is_ascii_whitespace) {
+        GetcertBody::default()
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| EstError::BadRequest(format!("the JSON body is invalid: {e}")))?
+    };
+    let mut token = fields.device_token.take().map(|t| t.to_string());
+    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let slot = match name.as_ref() {
+            "serialNumber" => &mut fields.serial_number,
+            "deviceToken" => &mut token,
+            "csr" => &mut fields.csr,
+            _ => continue,
+        };
+        merge(slot, value.into_owned(), &name)?;
+    }
+    let token = token.map(Zeroizing::new);
+    let (Some(serial_number), Some(device_token)) = (fields.serial_number, token) else {
+        return Err(EstError::BadRequest(
+            "serialNumber and deviceToken are required (query string or JSON body)".into(),
+        ));
+    };
+    if !crate::devices::is_valid_device_id(&serial_number) {
+        return Err(EstError::BadRequest(
+            "serialNumber must be 1-128 printable ASCII characters without `:` or `,`".into(),
+        ));
+    }
+    Ok(GetcertFields {
+        serial_number,
+        device_token,
+        csr: fields.csr,
+    })
+}
+
+/// The fields of a well-formed reference-API request.
+struct GetcertFields {
+    serial_number: String,
+    device_token: Zeroizing<String>,
+    csr: Option<String>,
 }
 
 /// Sets a field from the query string; the same field with another value
@@ -291,4 +308,44 @@ fn escape(value: &str) -> String {
                 .chain(std::iter::once(c))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(query: Option<&str>, body: &str) -> String {
+        match getcert_fields(query, body.as_bytes()) {
+            Err(EstError::BadRequest(text)) => text,
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("accepted {query:?} {body}"),
+        }
+    }
+
+    #[test]
+    fn fields_from_the_query_or_the_body() {
+        let f = getcert_fields(Some("serialNumber=SN-1&deviceToken=a%2Bb+c&x=1"), b"").unwrap();
+        assert_eq!(f.serial_number, "SN-1");
+        assert_eq!(f.device_token.as_str(), "a+b c");
+        assert!(f.csr.is_none());
+        let body = r#"{"serialNumber": "SN-2", "deviceToken": "t", "csr": "PEM"}"#;
+        let f = getcert_fields(None, body.as_bytes()).unwrap();
+        assert_eq!(
+            (f.serial_number.as_str(), f.csr.as_deref()),
+            ("SN-2", Some("PEM"))
+        );
+        // Both, agreeing: fine.
+        let f = getcert_fields(Some("serialNumber=SN-2"), body.as_bytes()).unwrap();
+        assert_eq!(f.device_token.as_str(), "t");
+    }
+
+    #[test]
+    fn bad_requests_say_why() {
+        assert!(refused(Some("serialNumber=SN-1"), "").contains("deviceToken"));
+        assert!(refused(None, "").contains("required"));
+        assert!(refused(None, "{not json").contains("JSON"));
+        assert!(refused(Some("serialNumber=a%3Ab&deviceToken=t"), "").contains("serialNumber"));
+        let body = r#"{"serialNumber": "SN-2", "deviceToken": "t"}"#;
+        assert!(refused(Some("deviceToken=other"), body).contains("twice"));
+    }
 }

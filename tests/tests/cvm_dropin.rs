@@ -326,13 +326,33 @@ fn on_aws_iot_with_a_dynamodb_registry_the_answer_carries_aws_ids() {
     moto.boto("iot.create_policy(policyName='FleetPolicy', policyDocument=json.dumps({'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Action': 'iot:Connect', 'Resource': '*'}]}))");
     let env = moto.env();
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // What the label's devices trust for the MQTT endpoint (Amazon Root CA 1 on AWS).
+    let amazon_root = work.path().join("amazon-root.pem");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &work.path().join("amazon-root.key").display().to_string(),
+        "-subj",
+        "/CN=Stand-in Amazon Root CA 1",
+        "-days",
+        "30",
+        "-out",
+        &amazon_root.display().to_string(),
+    ]);
     let extra = format!(
         "[registry]\nkind = \"dynamodb\"\ntable = \"est-registry\"\n\
          [aws]\nendpoint_url = \"{endpoint}\"\nregion = \"us-east-1\"\n\
          [labels.fleet]\nbackend = \"aws-iot\"\npolicy = \"FleetPolicy\"\nca_bundle = \"{ca}\"\n\
-         auth = [\"device-token\"]\n[cvm]\nlabel = \"fleet\"\ngetcert_path = \"/Prod/getcert\"\n",
+         auth = [\"device-token\"]\n[cvm]\nlabel = \"fleet\"\ngetcert_path = \"/Prod/getcert\"\nroot_ca = \"{root}\"\n",
         endpoint = moto.endpoint,
-        ca = moto.ca_pem.display()
+        ca = moto.ca_pem.display(),
+        root = amazon_root.display()
     );
     let setup = tempfile::tempdir().unwrap();
     let setup_config = setup.path().join("est-server.toml");
@@ -434,7 +454,8 @@ fn on_aws_iot_with_a_dynamodb_registry_the_answer_carries_aws_ids() {
         .contains("PUBLIC KEY"));
     assert_eq!(
         answer["RootCA"].as_str().unwrap().trim(),
-        std::fs::read_to_string(&moto.ca_pem).unwrap().trim()
+        std::fs::read_to_string(&amazon_root).unwrap().trim(),
+        "RootCA is cvm.root_ca"
     );
 
     // Replay: 4xx, no new AWS certificate.
