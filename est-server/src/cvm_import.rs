@@ -149,6 +149,8 @@ pub async fn import(
 ) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let bar = progress_bar(items.len());
+    // Devices with unused tokens are added in batches (one transaction each).
+    let mut batch: Vec<NewDevice> = Vec::new();
     for (number, item) in items.iter().enumerate() {
         bar.inc(1);
         let row = match parse_item(item) {
@@ -189,9 +191,16 @@ pub async fn import(
                 Change::Unchanged => "unchanged".to_owned(),
                 Change::Conflict => "already in the registry in another state; left alone".into(),
             };
-            bar.suspend(|| println!("{}: {what}", row.serial));
-        } else {
-            apply(registry, &row, label, change, certificate).await?;
+            if change != Change::Unchanged {
+                bar.suspend(|| println!("{}: {what}", row.serial));
+            }
+        } else if change == Change::Add {
+            batch.push(new_device(&row, label));
+            if batch.len() >= BATCH {
+                registry.add_devices(std::mem::take(&mut batch)).await?;
+            }
+        } else if let (Change::AddEnrolled, Some(certificate)) = (change, certificate) {
+            add_enrolled(registry, &row, label, certificate).await?;
         }
         match change {
             Change::Add => report.added += 1,
@@ -204,9 +213,15 @@ pub async fn import(
             )),
         }
     }
+    if !batch.is_empty() {
+        registry.add_devices(batch).await?;
+    }
     bar.finish_and_clear();
     Ok(report)
 }
+
+/// Devices with unused tokens added per registry transaction.
+const BATCH: usize = 1000;
 
 /// The progress bar on stderr (hidden when stderr is not a terminal).
 fn progress_bar(total: usize) -> indicatif::ProgressBar {
@@ -240,31 +255,29 @@ async fn plan(registry: &dyn Registry, row: &CvmRow) -> anyhow::Result<Change> {
     })
 }
 
-/// Writes one planned change.
-async fn apply(
+/// The registry entry of a row: its token hashed, on `label`.
+fn new_device(row: &CvmRow, label: &str) -> NewDevice {
+    NewDevice {
+        id: row.serial.clone(),
+        token_hash: token_hash(&row.token),
+        label: label.to_owned(),
+        thing_name: None,
+        policy: None,
+        edge_ca: false,
+    }
+}
+
+/// Adds an enrolled row's device (unless a previous run did) and records
+/// its certificate, burning the token.
+async fn add_enrolled(
     registry: &dyn Registry,
     row: &CvmRow,
     label: &str,
-    change: Change,
-    certificate: Option<(IssuedCertificate, String)>,
+    (issued, status): (IssuedCertificate, String),
 ) -> anyhow::Result<()> {
-    if !matches!(change, Change::Add | Change::AddEnrolled) {
-        return Ok(());
-    }
-    let hash = token_hash(&row.token);
-    registry
-        .add_devices(vec![NewDevice {
-            id: row.serial.clone(),
-            token_hash: hash.clone(),
-            label: label.to_owned(),
-            thing_name: None,
-            policy: None,
-            edge_ca: false,
-        }])
-        .await?;
-    let Some((issued, status)) = certificate else {
-        return Ok(());
-    };
+    let device = new_device(row, label);
+    let hash = device.token_hash.clone();
+    registry.add_devices(vec![device]).await?;
     // The token is burned the way an enrollment burns it: reserved, then
     // claimed by the transaction that records the certificate.
     let owner = format!("cvm-import:{}", std::process::id());
