@@ -149,8 +149,9 @@ pub async fn import(
 ) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let bar = progress_bar(items.len());
-    // Devices with unused tokens are added in batches (one transaction each).
-    let mut batch: Vec<NewDevice> = Vec::new();
+    // Rows with unused tokens are added in batches (one transaction each);
+    // only those the registry already knew are looked at one by one.
+    let mut batch: Vec<(usize, CvmRow)> = Vec::new();
     for (number, item) in items.iter().enumerate() {
         bar.inc(1);
         let row = match parse_item(item) {
@@ -166,6 +167,13 @@ pub async fn import(
                 continue;
             }
         };
+        if row.enrolled_cert.is_none() && !dry_run {
+            batch.push((number, row));
+            if batch.len() >= BATCH {
+                add_batch(registry, std::mem::take(&mut batch), label, &mut report).await?;
+            }
+            continue;
+        }
         let change = plan(registry, &row).await?;
         let certificate = match (&row.enrolled_cert, change) {
             (Some(id), Change::AddEnrolled) => match iot.describe(id).await? {
@@ -194,30 +202,55 @@ pub async fn import(
             if change != Change::Unchanged {
                 bar.suspend(|| println!("{}: {what}", row.serial));
             }
-        } else if change == Change::Add {
-            batch.push(new_device(&row, label));
-            if batch.len() >= BATCH {
-                registry.add_devices(std::mem::take(&mut batch)).await?;
-            }
-        } else if let (Change::AddEnrolled, Some(certificate)) = (change, certificate) {
+        } else if let Some(certificate) = certificate {
             add_enrolled(registry, &row, label, certificate).await?;
         }
+        report.count(number, &row, change);
+    }
+    if !batch.is_empty() {
+        add_batch(registry, batch, label, &mut report).await?;
+    }
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+impl Report {
+    fn count(&mut self, number: usize, row: &CvmRow, change: Change) {
         match change {
-            Change::Add => report.added += 1,
-            Change::AddEnrolled => report.enrolled += 1,
-            Change::Unchanged => report.unchanged += 1,
-            Change::Conflict => report.skipped.push(format!(
+            Change::Add => self.added += 1,
+            Change::AddEnrolled => self.enrolled += 1,
+            Change::Unchanged => self.unchanged += 1,
+            Change::Conflict => self.skipped.push(format!(
                 "item {} ({}): already in the registry with another token or state",
                 number + 1,
                 row.serial
             )),
         }
     }
-    if !batch.is_empty() {
-        registry.add_devices(batch).await?;
+}
+
+/// Adds rows with unused tokens in one registry transaction; rows whose
+/// device already existed are unchanged or a conflict.
+async fn add_batch(
+    registry: &dyn Registry,
+    batch: Vec<(usize, CvmRow)>,
+    label: &str,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let devices = batch
+        .iter()
+        .map(|(_, row)| new_device(row, label))
+        .collect();
+    let added = registry.add_devices(devices).await?;
+    for ((number, row), added) in batch.iter().zip(added) {
+        let change = if added {
+            Change::Add
+        } else {
+            plan(registry, row).await?
+        };
+        report.count(*number, row, change);
     }
-    bar.finish_and_clear();
-    Ok(report)
+    Ok(())
 }
 
 /// Devices with unused tokens added per registry transaction.

@@ -687,6 +687,11 @@ async fn import_cvm(
     .await;
     let started = std::time::Instant::now();
     let items = est_server::cvm_import::scan(&dynamodb, table).await?;
+    eprintln!(
+        "scanned {} items of {table} in {:.1}s",
+        items.len(),
+        started.elapsed().as_secs_f64()
+    );
     let report = est_server::cvm_import::import(registry, &iot, items, label, dry_run).await?;
     for skipped in &report.skipped {
         eprintln!("skipped {skipped}");
