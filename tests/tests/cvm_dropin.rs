@@ -115,7 +115,11 @@ fn reference_table_imported_and_reference_device_enrolls_through_getcert() {
          [rotation]\nenabled = true\nbroker = \"127.0.0.1:{broker_port}\"\n\
          client_id = \"{ORCHESTRATOR}\"\nexpiring_within = \"1d\"\naudit_interval = \"1h\"\n",
         endpoint = moto.endpoint
-    ));
+    ))
+    .replace(
+        "realm = \"estrealm\"",
+        "realm = \"estrealm\"\nadmin_listen = \"127.0.0.1:0\"",
+    );
     let env = moto.env();
     let mut server_env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     server_env.push(("EST_LOG", "debug"));
@@ -212,6 +216,10 @@ fn reference_table_imported_and_reference_device_enrolls_through_getcert() {
     // The token never reaches the log (EST_LOG=debug logs every request).
     assert!(server.log().contains("/Prod/getcert"), "{}", server.log());
     assert!(!server.log().contains(&token(7)), "token in the log");
+    // Nor a metric label: the façade is counted by label and operation only.
+    let metrics = curl(&[format!("http://{}/metrics", server.admin_addr())]).text();
+    assert!(metrics.contains("operation=\"getcert\""), "{metrics}");
+    assert!(!metrics.contains(&token(7)) && !metrics.contains("deviceToken"));
 
     // An imported, already-enrolled device is refused ...
     let (ok, out) = reference_device(
