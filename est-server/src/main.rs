@@ -105,6 +105,9 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 enum RegistryAction {
     /// Create the DynamoDB table and its indexes (registry.kind = "dynamodb").
     CreateTable,
+    /// Bring the registry's schema up to this version (the server also does
+    /// at start); prints the schema version before and after.
+    Migrate,
 }
 
 #[derive(Subcommand)]
@@ -318,6 +321,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             target,
             action: RegistryAction::CreateTable,
         } => create_table(target).await,
+        Command::Registry {
+            target,
+            action: RegistryAction::Migrate,
+        } => migrate(target).await,
         Command::Audit {
             target,
             expiring_within,
@@ -709,6 +716,26 @@ fn state_text(record: &est_server::registry::CertificateRecord) -> String {
         Some(_) => format!("{}+retired", record.state),
         None => record.state.to_string(),
     }
+}
+
+async fn migrate(target: Target) -> anyhow::Result<()> {
+    use est_server::config::RegistryKind;
+    let config = target.config()?;
+    match config.registry.kind {
+        RegistryKind::Postgres => {
+            let options = est_server::server::postgres_options(&config.registry)?;
+            let (before, after) = est_server::registry::PostgresRegistry::connect(options)?
+                .migrate()
+                .await?;
+            println!("registry schema version {before} -> {after}");
+        }
+        // SQLite migrates when it opens; DynamoDB has no schema to migrate.
+        RegistryKind::Sqlite | RegistryKind::Dynamodb => {
+            est_server::server::open_registry(&config).await?;
+            println!("registry is up to date");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(feature = "aws")]
