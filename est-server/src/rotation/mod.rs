@@ -202,6 +202,51 @@ pub struct Orchestrator {
     locks: KeyedLocks,
 }
 
+/// The registry lease whose holder runs the scheduled audit.
+pub const AUDIT_LEASE: &str = "rotation-audit";
+/// How often the audit lease is renewed (or, by the others, tried).
+pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// How long a lease lasts unless renewed.
+pub const LEASE_TERM: Duration = Duration::from_secs(30);
+
+/// This process's name as a lease holder: host, process id and a random
+/// part (two servers on one host, or a restarted one, never share it).
+fn lease_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let mut nonce = [0u8; 4];
+    let _ = aws_lc_rs::rand::fill(&mut nonce);
+    format!("{host}/{}/{}", std::process::id(), hex::encode(nonce))
+}
+
+/// Takes and renews the audit lease for `holder`; `leading` says whether it
+/// holds it. A registry error counts as not leading (the lease may end).
+async fn keep_lease(
+    registry: Arc<dyn crate::registry::Registry>,
+    holder: String,
+    leading: Arc<std::sync::atomic::AtomicBool>,
+) {
+    loop {
+        let until = unix_now() + LEASE_TERM.as_secs() as i64;
+        let now_leading = match registry.acquire_lease(AUDIT_LEASE, &holder, until).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, "rotation: cannot renew the audit lease");
+                false
+            }
+        };
+        if now_leading != leading.swap(now_leading, Ordering::AcqRel) {
+            if now_leading {
+                tracing::info!(holder = %holder, "rotation: this server leads the audit");
+            } else {
+                tracing::info!(holder = %holder, "rotation: another server leads the audit");
+            }
+        }
+        tokio::time::sleep(LEASE_RENEW).await;
+    }
+}
+
 /// How often the orchestrator checks that its own MQTT certificate has
 /// enough life left (it reconnects with a fresh one when not).
 const CLIENT_CERT_CHECK: Duration = Duration::from_secs(3600);
@@ -314,14 +359,35 @@ impl Orchestrator {
             .clone()
     }
 
+    /// Audits every `audit_interval` while this server leads: of several
+    /// servers sharing a registry, only the holder of the [`AUDIT_LEASE`]
+    /// audits and publishes `csr_req` (every server handles answers). The
+    /// lease is renewed every [`LEASE_RENEW`] by a task of its own, so a long
+    /// audit keeps it, and taken over [`LEASE_TERM`] after its holder stopped.
     async fn audit_schedule(self: Arc<Self>) {
-        // A short pause lets the first connection come up.
+        let holder = lease_holder();
+        let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(keep_lease(
+            self.state.registry.clone(),
+            holder,
+            leading.clone(),
+        ));
+        // A short pause lets the first connection come up (and the lease be taken).
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let check = self.config.audit_interval.min(LEASE_RENEW);
+        let mut last_audit: Option<tokio::time::Instant> = None;
         loop {
-            if let Err(e) = self.scheduled_audit().await {
-                tracing::warn!(error = %e, "rotation: audit failed; the next one retries");
+            let due = last_audit.is_none_or(|at| at.elapsed() >= self.config.audit_interval);
+            if !leading.load(Ordering::Acquire) {
+                // Audit at once when the lead comes (back) to this server.
+                last_audit = None;
+            } else if due {
+                last_audit = Some(tokio::time::Instant::now());
+                if let Err(e) = self.scheduled_audit().await {
+                    tracing::warn!(error = %e, "rotation: audit failed; the next one retries");
+                }
             }
-            tokio::time::sleep(self.config.audit_interval).await;
+            tokio::time::sleep(check).await;
         }
     }
 
