@@ -762,8 +762,7 @@ async fn rotate(
     window: std::time::Duration,
     device: Option<String>,
 ) -> anyhow::Result<()> {
-    use est_server::rotation::{mqtt, Auditor};
-    use rumqttc::{Event, Packet};
+    use est_server::rotation::{confirmed_audit, mqtt};
     let config = target.config()?;
     let rotation = config
         .rotation
@@ -779,58 +778,18 @@ async fn rotate(
     let pair = mqtt::client_pair(&rotation, &ca, &config.ca.dir)?;
     let trust = est_server::server::broker_trust(&rotation, &ca)?;
     let client_id = format!("{}-cli-{}", rotation.client_id, std::process::id());
-    let (client, mut events) = mqtt::connect(&rotation, &client_id, true, &trust, &pair)?;
-    // Drive the connection until it is up.
-    let connected = tokio::time::timeout(std::time::Duration::from_secs(15), async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(anyhow::anyhow!("MQTT broker {}: {e}", rotation.broker)),
-            }
-        }
-    });
-    connected
-        .await
-        .context("MQTT broker did not answer within 15 s")??;
-    let topics = est_wire::rotation::Topics::new(&rotation.topic_prefix);
-    let auditor = Auditor {
-        registry: &*registry,
-        client: &client,
-        topics: &topics,
-        config: &rotation,
-        locks: None,
-    };
-    // Publishing queues into the event loop, so poll it while auditing.
-    let audit = auditor.audit(window, device.as_deref());
-    tokio::pin!(audit);
-    let mut acked = 0usize;
-    let report = loop {
-        tokio::select! {
-            report = &mut audit => break report?,
-            event = events.poll() => {
-                if let Ok(Event::Incoming(Packet::PubAck(_))) = event {
-                    acked += 1;
-                } else if let Err(e) = event {
-                    anyhow::bail!("MQTT broker {}: {e}", rotation.broker);
-                }
-            }
-        }
-    };
-    let delivered = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        while acked < report.requested.len() {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-                Ok(_) => {}
-                Err(e) => return Err(anyhow::anyhow!("MQTT broker {}: {e}", rotation.broker)),
-            }
-        }
-        Ok(())
-    });
-    delivered
-        .await
-        .context("the broker did not confirm every csr_req within 30 s")??;
-    let _ = client.disconnect().await;
+    let outcome = confirmed_audit(
+        &*registry,
+        &rotation,
+        &client_id,
+        &trust,
+        &pair,
+        None,
+        window,
+        device.as_deref(),
+    )
+    .await?;
+    let report = outcome.report;
     for id in &report.requested {
         println!("requested  {id}");
     }
@@ -842,6 +801,12 @@ async fn rotate(
         report.without_client_id,
         report.expired
     );
+    if !outcome.unconfirmed.is_empty() {
+        anyhow::bail!(
+            "the broker did not confirm the csr_req of {} devices (not counted; run again)",
+            outcome.unconfirmed.len()
+        );
+    }
     Ok(())
 }
 
