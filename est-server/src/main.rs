@@ -108,6 +108,17 @@ enum RegistryAction {
     /// Bring the registry's schema up to this version (the server also does
     /// at start); prints the schema version before and after.
     Migrate,
+    /// Copy a SQLite registry into PostgreSQL, row for row (rows already
+    /// there are kept): `--from sqlite:<path> --to postgres:<url>`.
+    Copy {
+        /// `sqlite:<path>`.
+        #[arg(long)]
+        from: String,
+        /// `postgres:<url>` (`postgres://user@host:port/dbname`); the
+        /// password, if any, from `PGPASSWORD`.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -325,6 +336,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             target,
             action: RegistryAction::Migrate,
         } => migrate(target).await,
+        Command::Registry {
+            action: RegistryAction::Copy { from, to },
+            ..
+        } => copy_registry(&from, &to).await,
         Command::Audit {
             target,
             expiring_within,
@@ -716,6 +731,24 @@ fn state_text(record: &est_server::registry::CertificateRecord) -> String {
         Some(_) => format!("{}+retired", record.state),
         None => record.state.to_string(),
     }
+}
+
+async fn copy_registry(from: &str, to: &str) -> anyhow::Result<()> {
+    let source = from
+        .strip_prefix("sqlite:")
+        .context("--from: expected sqlite:<path>")?;
+    let url = to
+        .strip_prefix("postgres:")
+        .context("--to: expected postgres:<url>")?;
+    let mut options = est_server::registry::PostgresOptions::from_url(url)?;
+    if let Ok(password) = std::env::var("PGPASSWORD") {
+        options.config.password(password);
+    }
+    let target = est_server::registry::PostgresRegistry::open(options).await?;
+    for (table, rows) in target.copy_from_sqlite(Path::new(source)).await? {
+        println!("{table:<18} {rows} rows copied");
+    }
+    Ok(())
 }
 
 async fn migrate(target: Target) -> anyhow::Result<()> {

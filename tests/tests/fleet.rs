@@ -313,3 +313,25 @@ async fn three_servers_share_one_postgres_registry() {
         started.elapsed()
     );
 }
+
+/// With the database down, an enrollment answers 503 (retry later), not 500.
+#[test]
+fn enrollment_answers_503_while_the_database_is_down() {
+    let pg = Postgres::start();
+    let url = pg.create_database("down");
+    let server = fleet_server(&url, None);
+    let work = tempfile::tempdir().unwrap();
+    let csr = Csr::new(work.path(), "d", KeyType::P256, "/CN=db-down", &[]);
+    enroll_basic(&server, None, &csr, &work.path().join("up.pem"));
+    drop(pg);
+    let again = Csr::new(work.path(), "d2", KeyType::P256, "/CN=db-down-2", &[]);
+    let response = post_csr(
+        &server,
+        None,
+        "simpleenroll",
+        &again.b64,
+        &["-u", "estuser:estpwd"],
+    );
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+}

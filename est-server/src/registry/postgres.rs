@@ -359,6 +359,122 @@ impl PostgresRegistry {
     }
 }
 
+/// The tables `copy_from_sqlite` copies, with the columns both stores share.
+const COPIED_TABLES: [(&str, &str); 4] = [
+    ("certificates", CERTIFICATE_COPY_COLUMNS),
+    ("devices", DEVICE_COPY_COLUMNS),
+    ("pending_requests", PENDING_COPY_COLUMNS),
+    ("rotations", ROTATION_COLUMNS),
+];
+
+/// Every certificate column (the look-up list plus the bookkeeping ones).
+const CERTIFICATE_COPY_COLUMNS: &str = "serial, fingerprint, label, subject, san, not_before, \
+    not_after, auth, predecessor, successor, state, issued_at, der, device_id, backend_ref, \
+    superseded_at, proven, retired_at, revoked_at, owner, lineage";
+/// Every device column.
+const DEVICE_COPY_COLUMNS: &str = "id, token_hash, label, thing_name, policy, state, created_at, \
+    enrolled_at, cert_serial, cert_id, cert_fingerprint, cert_not_after, failed_attempts, \
+    locked_until, lease_owner, lease_until, edge_ca";
+/// Every pending request column.
+const PENDING_COPY_COLUMNS: &str =
+    "id, label, subject, requested_by, state, created_at, decided_at, issued_serial";
+
+impl PostgresRegistry {
+    /// Copies every certificate, device, pending request and rotation record
+    /// of the SQLite registry at `path` (opened, and so migrated, first) into
+    /// this database, row for row, in one transaction; rows whose key is
+    /// already here are left alone. Returns the rows copied per table.
+    pub async fn copy_from_sqlite(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<Vec<(&'static str, u64)>, RegistryError> {
+        drop(super::SqliteRegistry::open(path)?);
+        let path = path.to_owned();
+        let tables = tokio::task::spawn_blocking(move || read_sqlite_tables(&path))
+            .await
+            .map_err(|e| RegistryError::Task(e.to_string()))??;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let mut copied = Vec::new();
+        for ((table, columns), rows) in COPIED_TABLES.into_iter().zip(tables) {
+            let count = columns.split(',').count();
+            let placeholders: Vec<String> = (1..=count).map(|n| format!("${n}")).collect();
+            let statement = tx
+                .prepare(&format!(
+                    "INSERT INTO {table} ({columns}) VALUES ({}) ON CONFLICT DO NOTHING",
+                    placeholders.join(", ")
+                ))
+                .await
+                .map_err(pg)?;
+            let mut inserted = 0;
+            for row in rows {
+                let values: Vec<Box<dyn ToSql + Sync + Send>> = row
+                    .into_iter()
+                    .zip(statement.params())
+                    .map(|(value, kind)| to_pg(value, kind))
+                    .collect::<Result<_, _>>()?;
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
+                inserted += tx.execute(&statement, &params).await.map_err(pg)?;
+            }
+            copied.push((table, inserted));
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(copied)
+    }
+}
+
+/// Every row of the copied tables, in [`COPIED_TABLES`] order.
+fn read_sqlite_tables(
+    path: &std::path::Path,
+) -> Result<Vec<Vec<Vec<rusqlite::types::Value>>>, RegistryError> {
+    let sqlite = |e: rusqlite::Error| RegistryError::Database(e.to_string());
+    let connection =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(sqlite)?;
+    COPIED_TABLES
+        .iter()
+        .map(|(table, columns)| {
+            let count = columns.split(',').count();
+            let mut statement = connection
+                .prepare(&format!("SELECT {columns} FROM {table}"))
+                .map_err(sqlite)?;
+            let rows = statement
+                .query_map([], |row| {
+                    (0..count)
+                        .map(|i| row.get::<_, rusqlite::types::Value>(i))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(sqlite)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(sqlite)
+        })
+        .collect()
+}
+
+/// One SQLite value as a parameter for a column of type `kind`.
+fn to_pg(
+    value: rusqlite::types::Value,
+    kind: &tokio_postgres::types::Type,
+) -> Result<Box<dyn ToSql + Sync + Send>, RegistryError> {
+    use rusqlite::types::Value;
+    use tokio_postgres::types::Type;
+    Ok(match (value, kind) {
+        (Value::Integer(n), &Type::BOOL) => Box::new(n != 0),
+        (Value::Integer(n), _) => Box::new(n),
+        (Value::Text(text), _) => Box::new(text),
+        (Value::Blob(bytes), _) => Box::new(bytes),
+        (Value::Null, &Type::INT8) => Box::new(None::<i64>),
+        (Value::Null, &Type::BOOL) => Box::new(None::<bool>),
+        (Value::Null, &Type::BYTEA) => Box::new(None::<Vec<u8>>),
+        (Value::Null, _) => Box::new(None::<String>),
+        (Value::Real(r), _) => {
+            return Err(RegistryError::Database(format!(
+                "unexpected real value {r} in the SQLite registry"
+            )))
+        }
+    })
+}
+
 async fn read_version(client: &impl GenericClient) -> Result<i64, RegistryError> {
     let exists: bool = client
         .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
