@@ -78,6 +78,73 @@ fn cluster_user() -> Option<String> {
 impl Postgres {
     /// Creates and starts a cluster (superuser `postgres`, no password).
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Like [`Postgres::start`], with TLS on (`ssl = on`), the server
+    /// certificate for 127.0.0.1 signed by a fresh CA; returns the CA (PEM) too.
+    pub fn start_tls() -> (Self, Vec<u8>) {
+        let certs = tempfile::tempdir().unwrap();
+        let path = |name: &str| certs.path().join(name).display().to_string();
+        crate::openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &path("ca.key"),
+            "-out",
+            &path("ca.pem"),
+            "-subj",
+            "/CN=test database CA",
+            "-days",
+            "2",
+        ]);
+        crate::openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &path("server.key"),
+            "-out",
+            &path("server.csr"),
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            certs.path().join("ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        crate::openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &path("server.csr"),
+            "-CA",
+            &path("ca.pem"),
+            "-CAkey",
+            &path("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &path("server.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &path("ext"),
+        ]);
+        let ca = std::fs::read(certs.path().join("ca.pem")).unwrap();
+        let pg = Self::start_with(Some(certs.path()));
+        (pg, ca)
+    }
+
+    fn start_with(tls: Option<&Path>) -> Self {
         let bin = bin_dir();
         let user = cluster_user();
         let dir = tempfile::tempdir().unwrap();
@@ -113,10 +180,28 @@ impl Postgres {
                 "UTF8",
             ],
         );
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=300",
             pg.data.display()
         );
+        if let Some(certs) = tls {
+            for name in ["server.crt", "server.key"] {
+                std::fs::copy(certs.join(name), pg.data.join(name)).unwrap();
+            }
+            use std::os::unix::fs::PermissionsExt;
+            let key = pg.data.join("server.key");
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if let Some(user) = &pg.user {
+                let owned = Command::new("chown")
+                    .arg(format!("{user}:"))
+                    .arg(pg.data.join("server.crt"))
+                    .arg(&key)
+                    .status()
+                    .unwrap();
+                assert!(owned.success());
+            }
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         pg.run(
             "pg_ctl",
             &[

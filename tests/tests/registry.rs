@@ -835,3 +835,27 @@ async fn sqlite_registry_copies_into_postgres() {
         sqlite.local_revocations().await.unwrap()
     );
 }
+
+/// TLS to the database: with `ca_file`, the server's certificate is
+/// verified (a registry trusting another CA cannot connect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_verifies_the_server() {
+    let (pg, ca) = Postgres::start_tls();
+    let url = format!("{}?sslmode=require", pg.create_database("tls"));
+    let mut options = PostgresOptions::from_url(&url).unwrap();
+    options.ca_pem = Some(ca);
+    let registry = PostgresRegistry::open(options.clone()).await.unwrap();
+    registry
+        .add_devices(vec![device("", "SN-TLS", "h")])
+        .await
+        .unwrap();
+    assert!(registry.device("SN-TLS").await.unwrap().is_some());
+    let (_other, other_ca) = Postgres::start_tls();
+    options.ca_pem = Some(other_ca);
+    options.connect_timeout = std::time::Duration::from_secs(3);
+    let refused = PostgresRegistry::open(options).await;
+    assert!(
+        refused.is_err(),
+        "connected with a CA that did not sign the server"
+    );
+}
