@@ -144,7 +144,9 @@ async fn three_servers_share_one_postgres_registry() {
     let csr = Csr::new(work.path(), "fleet", KeyType::P256, "/CN=SN-FLEET", &[]);
     let csr_b64 = Arc::new(std::fs::read(&csr.b64).unwrap());
     let credentials = Arc::new(format!("SN-FLEET:{token}"));
-    let gate = Arc::new(tokio::sync::Semaphore::new(200));
+    // 150 at once: 50 per server, within each server's 64 connections per
+    // client address (more are closed before the TLS handshake).
+    let gate = Arc::new(tokio::sync::Semaphore::new(150));
     let mut replays = tokio::task::JoinSet::new();
     for i in 0..1_000 {
         let (addr, tls, csr_b64) = (addrs[i % 3].clone(), anonymous.clone(), csr_b64.clone());
@@ -165,7 +167,10 @@ async fn three_servers_share_one_postgres_registry() {
         }
     }
     assert_eq!(certificates.len(), 1, "statuses {statuses:?}");
-    assert!(!statuses.contains_key(&500), "statuses {statuses:?}");
+    assert!(
+        statuses.keys().all(|s| [200, 403, 409].contains(s)),
+        "every replay is answered: issued, token used, or busy: {statuses:?}"
+    );
     let history = registry.device_certificates("SN-FLEET").await.unwrap();
     assert_eq!(history.len(), 1);
     let (serial, _) = certificates.pop_first().unwrap();
