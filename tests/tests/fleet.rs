@@ -14,12 +14,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A server of the fleet: vending-machine tokens on the unlabelled path, the
 /// shared registry, and the CA of `ca_dir` (the first server's) when given.
 fn fleet_server(url: &str, ca_dir: Option<&Path>) -> Server {
+    fleet_server_with(url, ca_dir, "")
+}
+
+/// Like [`fleet_server`], with more TOML.
+fn fleet_server_with(url: &str, ca_dir: Option<&Path>, extra: &str) -> Server {
     let ca = ca_dir.map_or(String::new(), |dir| {
         format!("[ca]\ndir = \"{}\"\n", dir.display())
     });
     let config = config_with(&format!(
         "[enroll]\nprofile = \"device\"\nauth = [\"basic\", \"device-token\"]\n\
-         [registry]\nkind = \"postgres\"\nurl = \"{url}\"\npool_size = 8\n{ca}"
+         [registry]\nkind = \"postgres\"\nurl = \"{url}\"\npool_size = 8\n{ca}{extra}"
     ))
     .replacen(
         "[enroll]\nprofile = \"device\"\n[labels.edgeca]",
@@ -346,4 +351,52 @@ fn enrollment_answers_503_while_the_database_is_down() {
     );
     assert_eq!(response.status, 503, "{}", response.text());
     assert!(!server.log().contains("panicked"), "{}", server.log());
+}
+
+/// With rotation on two servers, exactly one leads the audit (the registry
+/// lease); when it is killed, the other takes over once the lease ends.
+#[test]
+fn one_server_leads_the_rotation_audit() {
+    let pg = Postgres::start();
+    let url = pg.create_database("lead");
+    let broker = Mosquitto::free_port();
+    let rotation = |id: &str| {
+        format!(
+            "[rotation]\nenabled = true\nbroker = \"127.0.0.1:{broker}\"\nclient_id = \"{id}\"\n\
+             expiring_within = \"1d\"\naudit_interval = \"1s\"\n"
+        )
+    };
+    let first = fleet_server_with(&url, None, &rotation("orch-a"));
+    let ca_dir = first.path("ca");
+    let second = fleet_server_with(&url, Some(&ca_dir), &rotation("orch-b"));
+    let leads = |server: &Server| server.log().contains("this server leads the audit");
+    assert!(
+        wait_for(Duration::from_secs(15), || leads(&first) || leads(&second)),
+        "nobody leads:\n{}\n{}",
+        first.log(),
+        second.log()
+    );
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(
+        leads(&first) != leads(&second),
+        "exactly one leads:\n{}\n{}",
+        first.log(),
+        second.log()
+    );
+    let (leader, follower) = if leads(&first) {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let killed = Instant::now();
+    drop(leader.stop());
+    assert!(
+        wait_for(Duration::from_secs(50), || leads(&follower)),
+        "no takeover:\n{}",
+        follower.log()
+    );
+    eprintln!(
+        "audit lead taken over {:?} after the leader was killed",
+        killed.elapsed()
+    );
 }

@@ -538,7 +538,8 @@ impl Orchestrator {
     /// servers sharing a registry, only the holder of the [`AUDIT_LEASE`]
     /// audits and publishes `csr_req` (every server handles answers). The
     /// lease is renewed every [`LEASE_RENEW`] by a task of its own, so a long
-    /// audit keeps it, and taken over [`LEASE_TERM`] after its holder stopped.
+    /// audit keeps it; it ends [`LEASE_TERM`] after its last renewal (the others
+    /// take it over within [`LEASE_TERM`] + [`LEASE_RENEW`] of its holder stopping).
     async fn audit_schedule(self: Arc<Self>) {
         let holder = lease_holder();
         let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
