@@ -8,9 +8,11 @@
 pub mod device;
 pub mod mosquitto;
 pub mod net;
+pub mod postgres;
 
 pub use device::*;
 pub use mosquitto::Mosquitto;
+pub use postgres::Postgres;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
