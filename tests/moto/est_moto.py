@@ -30,12 +30,22 @@ are applied in-process before serving:
 
 CreateKeysAndCertificate needs no patch: moto returns the private key that the
 certificate certifies (RSA 2048, issuer "Moto"); its id is fixed by patch 3.
+
+One gap is in DynamoDB:
+
+4. Conditional writes and TransactWriteItems: moto checks a condition and
+   then applies the write without holding any lock, so two concurrent
+   requests can both pass `attribute_not_exists(pk)` on the same key (real
+   DynamoDB serialises writes to an item, and a transaction either wins
+   whole or is cancelled). The launcher serves DynamoDB requests one at a
+   time; the other services stay concurrent.
 """
 import argparse
 import datetime as dt
 import os
 import signal
 import sys
+import threading
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -180,6 +190,21 @@ def apply_patches(ca_key, ca_cert):
     cert_cls.__init__ = cert_init
 
 
+def serialise_dynamodb(app):
+    """Patch 4: one DynamoDB request at a time (the JSON protocol names its
+    operation in X-Amz-Target: DynamoDB_20120810.<Operation>)."""
+    lock = threading.Lock()
+
+    def wrapped(environ, start_response):
+        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+            with lock:
+                # The body is produced inside the lock: moto does its work there.
+                return list(app(environ, start_response))
+        return app(environ, start_response)
+
+    return wrapped
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=5055)
@@ -187,7 +212,7 @@ def main():
     args = parser.parse_args()
 
     apply_patches(*load_or_create_ca(args.ca_dir))
-    app = DomainDispatcherApplication(create_backend_app)
+    app = serialise_dynamodb(DomainDispatcherApplication(create_backend_app))
     server = make_server("127.0.0.1", args.port, app, threaded=True)  # bound + listening
 
     def stop(signum, frame):
