@@ -823,12 +823,18 @@ impl Registry for SqliteRegistry {
     ) -> Result<(), RegistryError> {
         let id = id.to_owned();
         self.write(move |conn| {
+            let now = unix_now();
+            // A lock that has run out ends the count too: this failure is
+            // the first of a new series (SET sees the old row throughout).
             exec(conn,
                 "UPDATE devices SET
-                     failed_attempts = failed_attempts + 1,
-                     locked_until = CASE WHEN failed_attempts + 1 >= ?1 THEN ?2 ELSE locked_until END
+                     failed_attempts = CASE WHEN locked_until <= ?4 THEN 1 ELSE failed_attempts + 1 END,
+                     locked_until = CASE
+                         WHEN (CASE WHEN locked_until <= ?4 THEN 1 ELSE failed_attempts + 1 END) >= ?1 THEN ?2
+                         WHEN locked_until <= ?4 THEN NULL
+                         ELSE locked_until END
                  WHERE id = ?3",
-                params![lock_after, unix_now() + lock_secs, id],
+                params![lock_after, now + lock_secs, id, now],
             )
             .map_err(db)?;
             Ok(())
