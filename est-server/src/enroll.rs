@@ -28,6 +28,10 @@ use crate::router::Operation;
 
 /// How long a device reservation holds before another request may take over.
 const RESERVATION_SECS: i64 = 60;
+/// Retry-After for a device another request has reserved: that request
+/// usually ends within it; a crashed one's reservation lapses within
+/// `RESERVATION_SECS`.
+const BUSY_RETRY_SECS: u64 = 5;
 
 /// One configured EST path.
 pub struct Label {
@@ -363,9 +367,14 @@ impl EnrollService {
             Err(RegistryError::TokenUsed(id)) => Err(EstError::Forbidden(format!(
                 "the enrollment token of device {id} has already been used"
             ))),
-            Err(RegistryError::DeviceBusy(id)) => Err(EstError::Forbidden(format!(
-                "device {id} is being enrolled by a concurrent request"
-            ))),
+            // Held by a request still running, or by one whose server
+            // crashed: then until its reservation lapses.
+            Err(RegistryError::DeviceBusy(id)) => Err(EstError::Busy {
+                retry_after_secs: BUSY_RETRY_SECS,
+                message: format!(
+                    "device {id} is being enrolled by a concurrent request; retry in {BUSY_RETRY_SECS} s"
+                ),
+            }),
             Err(RegistryError::DeviceDisabled(id)) => {
                 Err(EstError::Forbidden(format!("device {id} is disabled")))
             }

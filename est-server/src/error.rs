@@ -46,6 +46,16 @@ pub enum EstError {
         /// What the client is waiting for.
         message: String,
     },
+    /// Another request holds what this one needs, for a while at most:
+    /// a device's reservation, maybe left by a crashed server (503 +
+    /// Retry-After).
+    #[error("{message}")]
+    Busy {
+        /// Seconds after which a retry may succeed.
+        retry_after_secs: u64,
+        /// What is busy.
+        message: String,
+    },
     /// The operation exists but is not offered here (501).
     #[error("{0}")]
     NotImplemented(String),

@@ -538,7 +538,7 @@ fn error_response(state: &AppState, error: &EstError, request_id: u64) -> Respon
         EstError::Pending { .. } => StatusCode::ACCEPTED,
         EstError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         EstError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-        EstError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        EstError::Unavailable(_) | EstError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
         EstError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let message = if error.is_server_fault() {
@@ -561,6 +561,9 @@ fn error_response(state: &AppState, error: &EstError, request_id: u64) -> Respon
             retry_after_secs, ..
         }
         | EstError::TooManyRequests {
+            retry_after_secs, ..
+        }
+        | EstError::Busy {
             retry_after_secs, ..
         } => {
             headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));

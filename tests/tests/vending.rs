@@ -98,8 +98,10 @@ fn concurrent_replays_of_one_token_yield_exactly_one_certificate() {
         1,
         "{statuses:?}"
     );
+    // The others: the token is used (403), or still reserved by the
+    // request that uses it (503, retry).
     assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 403),
+        statuses.iter().all(|s| [200, 403, 503].contains(s)),
         "{statuses:?}"
     );
     let show = server.admin(&["devices", "show", "SN-RACE"]);
@@ -108,6 +110,49 @@ fn concurrent_replays_of_one_token_yield_exactly_one_certificate() {
         1,
         "{show}"
     );
+}
+
+/// A device whose token a request reserved, and whose server then crashed
+/// (the reservation is left to lapse), gets 503 with Retry-After, not 403:
+/// the token is not used, and a retry will succeed.
+#[test]
+fn a_reserved_device_is_busy_for_a_while_not_refused() {
+    use est_server::registry::Registry;
+    let server = Server::start_with(&vending_config(""), None);
+    let work = tempfile::tempdir().unwrap();
+    let token = add_device(&server, "SN-BUSY");
+    let registry =
+        est_server::registry::SqliteRegistry::open(&server.path("registry.sqlite")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // What a request that crashed mid-enrollment leaves behind.
+    runtime
+        .block_on(registry.reserve_device(
+            "SN-BUSY",
+            &est_server::devices::token_hash(&token),
+            "crashed-request",
+            est_server::registry::unix_now() + 60,
+        ))
+        .unwrap();
+    let csr = Csr::new(work.path(), "b", KeyType::P256, "/CN=SN-BUSY", &[]);
+    let response = enroll_token(&server, &csr, "SN-BUSY", &token);
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert_eq!(response.header_exact("Retry-After").as_deref(), Some("5"));
+    assert!(
+        response
+            .text()
+            .contains("being enrolled by a concurrent request"),
+        "{}",
+        response.text()
+    );
+    // Once the reservation is gone, the same token enrolls.
+    runtime
+        .block_on(registry.release_device("SN-BUSY", "crashed-request"))
+        .unwrap();
+    let response = enroll_token(&server, &csr, "SN-BUSY", &token);
+    assert_eq!(response.status, 200, "{}", response.text());
 }
 
 #[test]
