@@ -18,7 +18,7 @@
 //! that has not been checking at all goes first. `auth::Users` remembers
 //! verified credentials, so a client pays for a check once per five minutes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,7 +63,9 @@ impl PasswordChecker {
             scheduler: Arc::new(Mutex::new(Scheduler {
                 free: (0..slots.max(1)).map(|_| Vec::new()).collect(),
                 clients: HashMap::new(),
+                queued: HashSet::new(),
                 arrivals: 0,
+                pruned: Instant::now(),
             })),
         }
     }
@@ -86,6 +88,7 @@ impl PasswordChecker {
             let arrival = scheduler.arrivals;
             scheduler.arrivals += 1;
             scheduler.usage(client).waiters.push_back((arrival, sender));
+            scheduler.queued.insert(client);
             turn
         };
         turn.await
@@ -103,8 +106,12 @@ struct Scheduler {
     free: Vec<Vec<Block>>,
     /// Per client address: its waiters and its checks this window.
     clients: HashMap<Option<IpAddr>, Client>,
+    /// The addresses with waiters (the ones `next_waiter` looks at).
+    queued: HashSet<Option<IpAddr>>,
     /// Arrival counter: the order of waiters among equally served addresses.
     arrivals: u64,
+    /// When idle addresses were last forgotten.
+    pruned: Instant,
 }
 
 #[derive(Default)]
@@ -140,23 +147,28 @@ impl Client {
 
 impl Scheduler {
     fn usage(&mut self, client: Option<IpAddr>) -> &mut Client {
-        if self.clients.len() >= USAGE_MAX {
+        // At most once a second, so a full table costs no scan per check.
+        if self.clients.len() >= USAGE_MAX && self.pruned.elapsed() >= Duration::from_secs(1) {
             self.clients
                 .retain(|_, c| !c.waiters.is_empty() || c.recent() > 0);
+            self.pruned = Instant::now();
         }
         self.clients.entry(client).or_default()
     }
 
     /// The next waiter to serve: the least-served address's oldest waiter.
     fn next_waiter(&mut self) -> Option<oneshot::Sender<Session>> {
-        let (&client, _) = self
-            .clients
-            .iter()
-            .filter_map(|(client, c)| Some((client, (c.recent(), c.waiters.front()?.0))))
-            .min_by_key(|(_, rank)| *rank)?;
+        let client = *self.queued.iter().min_by_key(|client| {
+            let c = &self.clients[*client];
+            (c.recent(), c.waiters.front().map_or(u64::MAX, |w| w.0))
+        })?;
         let usage = self.clients.get_mut(&client)?;
         usage.count();
-        usage.waiters.pop_front().map(|(_, sender)| sender)
+        let waiter = usage.waiters.pop_front().map(|(_, sender)| sender);
+        if usage.waiters.is_empty() {
+            self.queued.remove(&client);
+        }
+        waiter
     }
 }
 
