@@ -644,7 +644,7 @@ async fn import(
     writer.flush()?;
     drop(writer);
     out.sync_all()?;
-    progress.finish();
+    progress.finish_and_clear();
     println!(
         "imported {added} devices ({skipped} already known, skipped) in {:.1}s; tokens in {} (0600) — hand them over and delete the file",
         started.elapsed().as_secs_f64(),
