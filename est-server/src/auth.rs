@@ -520,24 +520,23 @@ impl Authenticator {
             self.users.decoy(basic.password, peer).await;
             return Err(wrong());
         };
-        let now = crate::registry::unix_now();
-        if let Some(until) = device.locked_until.filter(|until| *until > now) {
-            return Err(EstError::TooManyRequests {
-                retry_after_secs: (until - now) as u64,
-                message: format!(
-                    "device {} is locked after too many wrong tokens",
-                    device.device.id
-                ),
-            });
-        }
         let presented = est_wire::sha256_hex(basic.password.as_bytes());
         let matches: bool = subtle::ConstantTimeEq::ct_eq(
             presented.as_bytes(),
             device.device.token_hash.as_bytes(),
         )
         .into();
+        let now = crate::registry::unix_now();
+        let locked_until = device.locked_until.filter(|until| *until > now);
         if !matches {
             tracing::info!(device = %device.device.id, "wrong enrollment token");
+            // A locked device answers a wrong token like any other failure
+            // (only the right token learns of the lock), so a lock does not
+            // tell which serials exist; it counts no further attempts.
+            if locked_until.is_some() {
+                self.users.decoy(basic.password, peer).await;
+                return Err(wrong());
+            }
             let (recorded, ()) = tokio::join!(
                 self.registry.record_failed_attempt(
                     &device.device.id,
@@ -548,6 +547,15 @@ impl Authenticator {
             );
             recorded.map_err(EstError::internal)?;
             return Err(wrong());
+        }
+        if let Some(until) = locked_until {
+            return Err(EstError::TooManyRequests {
+                retry_after_secs: (until - now) as u64,
+                message: format!(
+                    "device {} is locked after too many wrong tokens",
+                    device.device.id
+                ),
+            });
         }
         if device.device.label != label_name {
             return Err(EstError::Forbidden(format!(
