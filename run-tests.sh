@@ -8,6 +8,8 @@ cd "$(dirname "$0")"
 need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
+# tests/tests/hostile.rs lowers the server's descriptor limit with prlimit.
+command -v prlimit >/dev/null || need_apt+=(util-linux)
 # The MQTT broker for the rotation tests (tests/src/mosquitto.rs starts its own instance).
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || need_apt+=(mosquitto)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -43,10 +43,13 @@ name = "estuser"
 password_hash = "$HASH"
 [profiles.device]
 validity = "30d"
+[cas.edge]
+dir = "edge-ca"
 [profiles.edge-ca]
 validity = "90d"
 subordinate_ca = true
 extended_key_usage = []
+ca = "edge"
 [enroll]
 profile = "device"
 [labels.iotedge]
@@ -168,7 +171,8 @@ c_renew() {
 }
 c_edge_ca() {
   newkey "$E/edgeca.key"
-  csr_b64 "$E/edgeca.key" "/CN=edge-device-1 Edge CA" "basicConstraints=critical,CA:TRUE,pathlen:0" "keyUsage=critical,keyCertSign" > "$E/edgeca.b64"
+  "$BIN" devices add edge-device-1 --edge-ca --data-dir "$DATA" >/dev/null &&
+  csr_b64 "$E/edgeca.key" "/CN=aziot-edge CA edge-device-1" "basicConstraints=critical,CA:TRUE,pathlen:0" "keyUsage=critical,keyCertSign" > "$E/edgeca.b64"
   curl -s --http1.1 --cacert "$CA" --cert "$E/id2.pem" --key "$E/id2.key" -u estuser:estpwd \
     -H 'Content-Type: application/pkcs10' -H 'Content-Transfer-Encoding: base64' \
     --data-binary @"$E/edgeca.b64" "$BASE/edgeca/simpleenroll" | p7_to_pem > "$E/edgeca.pem" &&

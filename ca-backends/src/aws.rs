@@ -136,6 +136,11 @@ impl CaBackend for AwsIotBackend {
 
     async fn issue(&self, request: IssueRequest<'_>) -> Result<IssuedCertificate, CaError> {
         let binding = binding_for(&request)?;
+        if request.subject != request.csr.subject() {
+            return Err(CaError::Rejected(
+                "AWS IoT certifies the CSR's subject as sent, and this one needs re-encoding: send each subject attribute as UTF8String or PrintableString".into(),
+            ));
+        }
         let csr_pem = est_wire::pem::encode("CERTIFICATE REQUEST", request.csr.der());
         let created = self
             .client

@@ -29,6 +29,10 @@ pub use x509::time_ordered_serial;
 pub struct IssueRequest<'a> {
     /// The verified certification request.
     pub csr: &'a Csr,
+    /// The subject to issue: the CSR's, rebuilt by the server's subject
+    /// policy from validated attributes. A backend that cannot choose the
+    /// subject (it signs the CSR as sent) refuses when the two differ.
+    pub subject: &'a x509_cert::name::Name,
     /// The certificate being renewed, when this is a re-enrollment.
     pub renewal_of: Option<&'a Certificate>,
     /// Where the certificate is bound, for backends that bind (AWS IoT things).

@@ -43,6 +43,10 @@ pub struct LocalCaOptions {
     pub root_validity: Duration,
     /// Lifetime of the issuing CA.
     pub issuing_validity: Duration,
+    /// The issuing CA's pathLenConstraint: 0 for a device CA (nothing it
+    /// issues can act as a CA), 1 for a hierarchy that issues subordinate
+    /// CAs such as Azure IoT Edge's Edge CA.
+    pub issuing_path_len: u8,
 }
 
 impl Default for LocalCaOptions {
@@ -53,6 +57,7 @@ impl Default for LocalCaOptions {
             issuing_subject: "CN=EST Issuing CA,O=est-server".into(),
             root_validity: Duration::from_secs(20 * 365 * 24 * 3600),
             issuing_validity: Duration::from_secs(10 * 365 * 24 * 3600),
+            issuing_path_len: 0,
         }
     }
 }
@@ -142,8 +147,7 @@ impl LocalCa {
                 key_usage: KeyUsages::KeyCertSign | KeyUsages::CRLSign,
                 extended_key_usage: vec![],
                 subject_alt_names: vec![],
-                // pathlen 1 leaves room for an Edge CA (pathlen 0) below the issuing CA.
-                ca_path_len: Some(Some(1)),
+                ca_path_len: Some(Some(options.issuing_path_len)),
                 issuer: &root_name,
                 issuer_key_id: Some(&root_key_id),
             },
@@ -300,7 +304,7 @@ impl CaBackend for LocalCaBackend {
     async fn issue(&self, request: IssueRequest<'_>) -> Result<IssuedCertificate, CaError> {
         // Signing is a few tens of microseconds; not worth a thread hop.
         self.ca.issue(
-            request.csr.subject(),
+            request.subject,
             request.csr.public_key(),
             request.csr.subject_alt_names(),
             &self.profile,
@@ -328,7 +332,7 @@ impl CaBackend for LocalCaBackend {
             .map_err(|e| CaError::Internal(e.to_string()))?
             .map_err(|e| CaError::Internal(e.to_string()))?;
         let issued = self.ca.issue(
-            request.csr.subject(),
+            request.subject,
             &key.public_key_info(),
             request.csr.subject_alt_names(),
             &self.profile,
@@ -421,6 +425,7 @@ mod tests {
         let request = csr("p256-ca-request.csr.der");
         let issued = backend
             .issue(IssueRequest {
+                subject: request.subject(),
                 csr: &request,
                 renewal_of: None,
                 binding: None,
@@ -439,6 +444,7 @@ mod tests {
         let with_sans = csr("p256.csr.der");
         let issued = backend
             .issue(IssueRequest {
+                subject: with_sans.subject(),
                 csr: &with_sans,
                 renewal_of: None,
                 binding: None,

@@ -34,6 +34,16 @@ pub struct Profile {
     /// as Azure IoT Edge's Edge CA asks for. Off for device labels.
     #[serde(default)]
     pub subordinate_ca: bool,
+    /// Which CA issues under this profile: a name from the server's `[cas]`
+    /// (default: the device CA in `[ca]`, the one trusted for client
+    /// authentication).
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// The key a CSR should carry, announced by `/csrattrs`: `p256`
+    /// (default), `p384`, `rsa2048`, `rsa3072` or `rsa4096`. Other accepted
+    /// keys are still certified.
+    #[serde(default = "default_key_algorithm")]
+    pub key_algorithm: String,
 }
 
 impl Default for Profile {
@@ -45,6 +55,8 @@ impl Default for Profile {
             extended_key_usage: default_extended_key_usage(),
             copy_san: default_copy_san(),
             subordinate_ca: false,
+            ca: None,
+            key_algorithm: default_key_algorithm(),
         }
     }
 }
@@ -67,6 +79,9 @@ impl Profile {
         for eku in &self.extended_key_usage {
             eku_oid(eku)?;
         }
+        self.key_algorithm
+            .parse::<est_wire::keys::KeyAlgorithm>()
+            .map_err(|e| format!("key_algorithm: {e}"))?;
         Ok(())
     }
 
@@ -159,6 +174,9 @@ pub fn eku_oid(name: &str) -> Result<ObjectIdentifier, String> {
     Ok(oid)
 }
 
+fn default_key_algorithm() -> String {
+    "p256".into()
+}
 fn default_validity() -> Duration {
     Duration::from_secs(30 * 24 * 3600)
 }

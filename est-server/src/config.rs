@@ -32,9 +32,19 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// TLS server identity and client-certificate trust.
     pub tls: TlsConfig,
-    /// The local CA.
+    /// The device CA: the local CA whose certificates authenticate to this
+    /// server (and, in the README's setup, to the MQTT broker).
     #[serde(default)]
     pub ca: CaConfig,
+    /// Further local CA hierarchies by name, for profiles that name one with
+    /// `ca = "<name>"` (e.g. the Edge CA hierarchy, which nothing trusts for
+    /// client authentication).
+    #[serde(default)]
+    pub cas: BTreeMap<String, CaConfig>,
+    /// Common names no client may enroll, besides the rotation
+    /// orchestrator's `client_id` (always reserved). Compared case-insensitively.
+    #[serde(default)]
+    pub reserved_names: Vec<String>,
     /// The registry of issued certificates.
     #[serde(default)]
     pub registry: RegistryConfig,
@@ -220,6 +230,11 @@ pub struct CaConfig {
     /// Subject of a new issuing CA.
     #[serde(default = "default_issuing_subject")]
     pub issuing_subject: String,
+    /// Whether certificates of this hierarchy authenticate TLS clients to
+    /// this server. Always true for `[ca]`; default false for `[cas.*]`. A
+    /// hierarchy trusted for client authentication never issues subordinate CAs.
+    #[serde(default)]
+    pub client_auth: Option<bool>,
 }
 
 impl Default for CaConfig {
@@ -229,9 +244,13 @@ impl Default for CaConfig {
             key_algorithm: default_key_algorithm(),
             root_subject: default_root_subject(),
             issuing_subject: default_issuing_subject(),
+            client_auth: None,
         }
     }
 }
+
+/// The name `[ca]` goes by where a CA is named (`profiles.*.ca`).
+pub const DEVICE_CA: &str = "device";
 
 /// Registry settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -292,6 +311,23 @@ pub struct Limits {
     /// Most connections served at once; further ones wait in the accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most connections one client address (IPv6: one /64) may hold at once;
+    /// further ones from it are closed before the TLS handshake. At most
+    /// `max_connections`; unset: 64, or `max_connections` when that is lower
+    /// (see [`Limits::connections_per_address`]).
+    #[serde(default)]
+    pub max_connections_per_address: Option<usize>,
+    /// A response write that makes no progress for this long closes the
+    /// connection (clients that send requests but never read the answers).
+    #[serde(default = "default_timeout", with = "duration_text")]
+    pub write_timeout: Duration,
+    /// The longest a connection is kept; after it the connection is closed
+    /// once the response in progress is sent.
+    #[serde(default = "default_connection_lifetime", with = "duration_text")]
+    pub connection_lifetime: Duration,
+    /// Most connections the admin listener serves at once; further ones are closed.
+    #[serde(default = "default_admin_max_connections")]
+    pub admin_max_connections: usize,
     /// Failed device-token attempts before the device is locked.
     #[serde(default = "default_lockout_after")]
     pub token_lockout_after: u32,
@@ -311,10 +347,49 @@ impl Default for Limits {
             header_timeout: default_timeout(),
             body_timeout: default_timeout(),
             max_connections: default_max_connections(),
+            max_connections_per_address: None,
+            write_timeout: default_timeout(),
+            connection_lifetime: default_connection_lifetime(),
+            admin_max_connections: default_admin_max_connections(),
             token_lockout_after: default_lockout_after(),
             token_lockout: default_lockout(),
             failures_per_minute_per_address: default_failures_per_minute(),
         }
+    }
+}
+
+impl Limits {
+    /// The per-address connection cap in force.
+    pub fn connections_per_address(&self) -> usize {
+        self.max_connections_per_address
+            .unwrap_or(DEFAULT_CONNECTIONS_PER_ADDRESS.min(self.max_connections))
+    }
+
+    /// Checks the values that serde cannot.
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.max_connections == 0 {
+            bail!("limits.max_connections: must be at least 1");
+        }
+        match self.max_connections_per_address {
+            Some(0) => bail!("limits.max_connections_per_address: must be at least 1"),
+            Some(cap) if cap > self.max_connections => bail!(
+                "limits.max_connections_per_address ({cap}) must not exceed limits.max_connections ({})",
+                self.max_connections
+            ),
+            _ => {}
+        }
+        if self.admin_max_connections == 0 {
+            bail!("limits.admin_max_connections: must be at least 1");
+        }
+        for (field, value) in [
+            ("write_timeout", self.write_timeout),
+            ("connection_lifetime", self.connection_lifetime),
+        ] {
+            if value.is_zero() {
+                bail!("limits.{field}: must be longer than 0s");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -359,6 +434,25 @@ pub struct LabelConfig {
     /// Name of the profile in `profiles` (`default` is built in).
     #[serde(default = "default_profile_name")]
     pub profile: String,
+    /// Several profiles, chosen by the request: a CSR asking for `CA:TRUE`
+    /// gets the first subordinate-CA profile, any other the first
+    /// end-entity one (default: `[profile]`). `/cacerts` serves the chain of
+    /// the first one's CA.
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    /// Subjects a bootstrap certificate (and a certificate issued to its
+    /// device) may enroll, as templates over its common name: `{cn}`.
+    #[serde(default = "default_bootstrap_subjects")]
+    pub bootstrap_subjects: Vec<String>,
+    /// Basic users who may obtain a subordinate CA on this label (devices
+    /// may when their registry entry allows it: `devices add --edge-ca`).
+    #[serde(default)]
+    pub subordinate_ca_users: Vec<String>,
+    /// The common name of a subordinate CA, derived from the identity that
+    /// asks for it (`{cn}`: the device id, or the authenticating
+    /// certificate's common name).
+    #[serde(default = "default_subordinate_ca_subject")]
+    pub subordinate_ca_subject: String,
     /// Accepted authentication for first enrollments. Renewals always use the
     /// certificate being renewed.
     #[serde(default = "default_auth")]
@@ -369,10 +463,13 @@ pub struct LabelConfig {
     /// `Retry-After` sent with 202.
     #[serde(default = "default_retry_after", with = "duration_text")]
     pub retry_after: Duration,
-    /// OIDs listed by `/csrattrs` (empty: 204 No Content).
+    /// OIDs listed by `/csrattrs`. When absent, the answer is derived from the
+    /// profile (key algorithm and curve, signature algorithm, EKU, and
+    /// challengePassword when channel binding is required); `[]` answers 204.
     #[serde(default)]
-    pub csrattrs: Vec<String>,
-    /// A bootstrap certificate may only enroll its own common name.
+    pub csrattrs: Option<Vec<String>>,
+    /// A bootstrap certificate may only enroll the subjects of
+    /// `bootstrap_subjects`; `false` lets it enroll any subject.
     #[serde(default = "yes")]
     pub bootstrap_subject_must_match: bool,
     /// The CA behind the label: `local` (default) or `aws-iot`.
@@ -441,6 +538,7 @@ impl Config {
         resolve(&mut self.tls.key);
         self.tls.bootstrap_trust.iter_mut().for_each(resolve);
         resolve(&mut self.ca.dir);
+        self.cas.values_mut().for_each(|ca| resolve(&mut ca.dir));
         resolve(&mut self.registry.path);
         let resolve_label = |label: &mut LabelConfig| {
             for path in [&mut label.ca_bundle, &mut label.client_ca]
@@ -477,10 +575,43 @@ impl Config {
             .key_algorithm
             .parse::<est_wire::keys::KeyAlgorithm>()
             .map_err(|e| anyhow::anyhow!("ca.key_algorithm: {e}"))?;
+        if self.ca.client_auth == Some(false) {
+            bail!("ca.client_auth: the device CA in [ca] always authenticates clients; put a hierarchy that must not into [cas.<name>]");
+        }
+        for (name, ca) in &self.cas {
+            if name == DEVICE_CA {
+                bail!("cas.{name}: `{DEVICE_CA}` names [ca]; choose another name");
+            }
+            ca.key_algorithm
+                .parse::<est_wire::keys::KeyAlgorithm>()
+                .map_err(|e| anyhow::anyhow!("cas.{name}.key_algorithm: {e}"))?;
+            if ca.dir == self.ca.dir
+                || self
+                    .cas
+                    .iter()
+                    .any(|(other, o)| other != name && o.dir == ca.dir)
+            {
+                bail!(
+                    "cas.{name}.dir: {} is already another CA's directory",
+                    ca.dir.display()
+                );
+            }
+        }
         for (name, profile) in &self.profiles {
             profile
                 .validate()
                 .map_err(|e| anyhow::anyhow!("profiles.{name}: {e}"))?;
+            let ca = profile.ca.as_deref().unwrap_or(DEVICE_CA);
+            if ca != DEVICE_CA && !self.cas.contains_key(ca) {
+                bail!("profiles.{name}.ca: no CA named `{ca}` in [cas]");
+            }
+            if profile.subordinate_ca && self.trusts_for_client_auth(ca) {
+                bail!(
+                    "profiles.{name}: a subordinate-CA profile must issue from a CA hierarchy that is not trusted for client authentication \
+                     (its CA `{ca}` is), or every certificate an Edge CA mints would authenticate to this server and to brokers trusting the device CA; \
+                     add e.g. [cas.edge] with dir = \"edge-ca\" and set ca = \"edge\" on this profile"
+                );
+            }
         }
         self.validate_label("enroll", &self.enroll)?;
         for (name, label) in &self.labels {
@@ -544,9 +675,7 @@ impl Config {
         if self.limits.max_body_bytes < 1024 {
             bail!("limits.max_body_bytes: must be at least 1024");
         }
-        if self.limits.max_connections == 0 {
-            bail!("limits.max_connections: must be at least 1");
-        }
+        self.limits.validate()?;
         Ok(())
     }
 
@@ -557,9 +686,28 @@ impl Config {
                 label.profile
             );
         }
-        for oid in &label.csrattrs {
+        for name in &label.profiles {
+            if name != "default" && !self.profiles.contains_key(name) {
+                bail!("{field}.profiles: no profile named `{name}` in [profiles]");
+            }
+        }
+        for oid in label.csrattrs.iter().flatten() {
             const_oid::ObjectIdentifier::new(oid)
                 .map_err(|_| anyhow::anyhow!("{field}.csrattrs: `{oid}` is not a dotted OID"))?;
+        }
+        for template in label
+            .bootstrap_subjects
+            .iter()
+            .chain([&label.subordinate_ca_subject])
+        {
+            if template.matches("{cn}").count() > 1 || template.trim().is_empty() {
+                bail!("{field}: subject template `{template}` must be non-empty and name {{cn}} at most once");
+            }
+        }
+        for user in &label.subordinate_ca_users {
+            if !self.users.iter().any(|u| &u.name == user) {
+                bail!("{field}.subordinate_ca_users: no [[users]] entry named `{user}`");
+            }
         }
         if label.backend == BackendKind::AwsIot {
             if cfg!(not(feature = "aws")) {
@@ -578,6 +726,48 @@ impl Config {
     /// The profile named `name` (`default` when not configured).
     pub fn profile(&self, name: &str) -> Profile {
         self.profiles.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The CA settings named `name` (`device` is `[ca]`).
+    pub fn ca_named(&self, name: &str) -> Option<&CaConfig> {
+        if name == DEVICE_CA {
+            Some(&self.ca)
+        } else {
+            self.cas.get(name)
+        }
+    }
+
+    /// Whether the CA named `name` is trusted for TLS client authentication.
+    pub fn trusts_for_client_auth(&self, name: &str) -> bool {
+        name == DEVICE_CA
+            || self
+                .cas
+                .get(name)
+                .and_then(|ca| ca.client_auth)
+                .unwrap_or(false)
+    }
+
+    /// Whether any profile issues subordinate CAs from the CA named `name`
+    /// (its issuing CA then needs room for one more level).
+    pub fn issues_subordinate_cas(&self, name: &str) -> bool {
+        self.profiles
+            .values()
+            .any(|p| p.subordinate_ca && p.ca.as_deref().unwrap_or(DEVICE_CA) == name)
+    }
+
+    /// Names reserved for the server's own use: the rotation orchestrator's
+    /// client id (configured or default, whether or not rotation is on) and
+    /// `reserved_names`, normalised for comparison.
+    pub fn reserved_common_names(&self) -> Vec<String> {
+        let orchestrator = self
+            .rotation
+            .as_ref()
+            .map(|r| r.client_id.clone())
+            .unwrap_or_else(default_rotation_client_id);
+        std::iter::once(orchestrator)
+            .chain(self.reserved_names.iter().cloned())
+            .map(|name| crate::authority::subject::normalise(&name))
+            .collect()
     }
 }
 
@@ -611,6 +801,14 @@ fn default_timeout() -> Duration {
 fn default_max_connections() -> usize {
     4096
 }
+/// `limits.max_connections_per_address` when unset (and `max_connections` is higher).
+const DEFAULT_CONNECTIONS_PER_ADDRESS: usize = 64;
+fn default_connection_lifetime() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_admin_max_connections() -> usize {
+    32
+}
 fn default_retire_grace() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
 }
@@ -625,6 +823,12 @@ fn default_failures_per_minute() -> u32 {
 }
 fn default_profile_name() -> String {
     "default".into()
+}
+fn default_bootstrap_subjects() -> Vec<String> {
+    vec!["{cn}".into()]
+}
+fn default_subordinate_ca_subject() -> String {
+    "aziot-edge CA {cn}".into()
 }
 fn default_auth() -> Vec<AuthMethod> {
     vec![AuthMethod::Basic, AuthMethod::BootstrapCert]
@@ -687,5 +891,33 @@ mod tests {
             .unwrap_err()
         );
         assert!(err.contains("users[0].password_hash"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_are_checked() {
+        let config = load_str(MINIMAL).unwrap();
+        assert_eq!(config.limits.connections_per_address(), 64);
+        // Unset, it follows a lower max_connections (older configs keep loading).
+        let small = load_str(&format!("{MINIMAL}[limits]\nmax_connections = 10\n")).unwrap();
+        assert_eq!(small.limits.connections_per_address(), 10);
+        assert_eq!(config.limits.write_timeout, Duration::from_secs(10));
+        assert_eq!(config.limits.connection_lifetime, Duration::from_secs(300));
+        assert_eq!(config.limits.admin_max_connections, 32);
+        let err = format!(
+            "{:#}",
+            load_str(&format!(
+                "{MINIMAL}[limits]\nmax_connections = 10\nmax_connections_per_address = 11\n"
+            ))
+            .unwrap_err()
+        );
+        assert!(
+            err.contains("limits.max_connections_per_address (11) must not exceed limits.max_connections (10)"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            load_str(&format!("{MINIMAL}[limits]\nwrite_timeout = \"0s\"\n")).unwrap_err()
+        );
+        assert!(err.contains("limits.write_timeout"), "{err}");
     }
 }

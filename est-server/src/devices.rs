@@ -84,6 +84,7 @@ pub fn provision(
             label,
             thing_name,
             policy,
+            edge_ca: false,
         },
         token,
     )

@@ -17,21 +17,30 @@ use x509_cert::Certificate;
 use zeroize::Zeroizing;
 
 use crate::auth::{superseded_reason, Authenticator, ClientCertificate, Credentials, Principal};
+use crate::authority::entitlement::{self, CredentialKind, Identity};
+use crate::authority::lineage::{self, RequestKind};
+use crate::authority::subject;
 use crate::config::{ChannelBinding, LabelConfig};
 use crate::error::EstError;
 use crate::metrics::Metrics;
 use crate::registry::{
-    unix_now, unix_seconds, CertState, CertificateRecord, DeviceClaim, NewCertificate,
+    unix_now, unix_seconds, CertState, CertificateRecord, DeviceClaim, DeviceState, NewCertificate,
     PendingRequest, PendingState, Registry, RegistryError,
 };
 use crate::router::Operation;
 
 /// How long a device reservation holds before another request may take over.
 const RESERVATION_SECS: i64 = 60;
-/// Retry-After for a device another request has reserved: that request
-/// usually ends within it; a crashed one's reservation lapses within
-/// `RESERVATION_SECS`.
-const BUSY_RETRY_SECS: u64 = 5;
+
+/// One profile a label offers, with the CA that issues under it.
+pub struct Variant {
+    /// The profile's name in the config.
+    pub profile_name: String,
+    /// The profile.
+    pub profile: Profile,
+    /// The CA that issues under it.
+    pub backend: Arc<dyn CaBackend>,
+}
 
 /// One configured EST path.
 pub struct Label {
@@ -39,10 +48,12 @@ pub struct Label {
     pub name: Option<String>,
     /// Its settings.
     pub config: LabelConfig,
-    /// The profile its CA applies.
+    /// The first profile's (what `/cacerts` and the retirement sweep use).
     pub profile: Profile,
-    /// The CA behind it.
+    /// The first profile's CA.
     pub backend: Arc<dyn CaBackend>,
+    /// Every profile it offers, in configured order (the first is `profile`).
+    pub variants: Vec<Variant>,
     /// DER `/csrattrs` body, or `None` for 204.
     pub csrattrs: Option<Vec<u8>>,
 }
@@ -51,6 +62,27 @@ impl Label {
     /// The label as stored in the registry (`""` for the unlabelled path).
     pub fn registry_name(&self) -> &str {
         self.name.as_deref().unwrap_or("")
+    }
+
+    /// The profile a request gets: for a CSR that asks for `CA:TRUE`, the
+    /// first subordinate-CA profile, else (and where the label has none)
+    /// the first end-entity one — so a CA:TRUE request on a device label
+    /// is issued as an end entity, as the profile decides.
+    pub fn variant_for(&self, wants_ca: bool) -> Result<&Variant, EstError> {
+        let wanted = |v: &&Variant| v.profile.subordinate_ca == wants_ca;
+        self.variants
+            .iter()
+            .find(wanted)
+            .or_else(|| {
+                self.variants
+                    .iter()
+                    .find(|v| !wants_ca || !v.profile.subordinate_ca)
+            })
+            .ok_or_else(|| {
+                EstError::Forbidden(
+                    "this label issues only CA certificates; the CSR must ask for CA:TRUE (basicConstraints in its extension request)".into(),
+                )
+            })
     }
 }
 
@@ -106,8 +138,10 @@ impl EnrollService {
         }
     }
 
-    /// Common names no client may enroll (the rotation orchestrator's MQTT
-    /// identity: the broker's ACL grants that name every device's topics).
+    /// Common names no client may enroll, normalised
+    /// (`authority::subject::normalise`): the rotation orchestrator's MQTT
+    /// identity (the broker's ACL grants that name every device's topics)
+    /// and any configured.
     pub fn with_reserved_names(mut self, names: Vec<String>) -> Self {
         self.reserved_names = names;
         self
@@ -156,7 +190,9 @@ impl EnrollService {
             .await
     }
 
-    /// Everything after authentication: authorize → (approve) → issue → record.
+    /// Everything after authentication: the profile the request gets, the
+    /// strict subject, the entitlement, the lineage and what it replaces →
+    /// (approve) → issue → record.
     async fn enroll_as(
         &self,
         label: &Label,
@@ -164,20 +200,81 @@ impl EnrollService {
         principal: Principal,
         csr: Csr,
     ) -> Result<Enrolled, EstError> {
-        if let Some(cn) = csr.common_name() {
-            if self.reserved_names.contains(&cn) {
-                return Err(EstError::Forbidden(format!(
-                    "CN={cn} is reserved for the server's own use"
-                )));
+        let kind = RequestKind::of(&csr);
+        let variant = label.variant_for(kind.ca)?;
+        let strict = subject::rebuild(csr.subject()).map_err(EstError::BadRequest)?;
+        subject::check_names(csr.subject_alt_names()).map_err(EstError::BadRequest)?;
+        entitlement::check_reserved(&strict, &self.reserved_names)?;
+        let sans: Vec<GeneralName> = csr
+            .subject_alt_names()
+            .iter()
+            .filter(|n| variant.profile.copies(n))
+            .cloned()
+            .collect();
+        let facts = self.identity(&principal, label).await?;
+        let lineage_key = lineage::lineage_key(label.registry_name(), &strict.name, &sans, &kind);
+
+        // What the new certificate replaces, if anything.
+        let replaces: Option<CertificateRecord> = match &principal {
+            Principal::Identity {
+                certificate,
+                record,
+            } if operation == Operation::SimpleReenroll => {
+                check_same_identity(&csr, &sans, &certificate.certificate)?;
+                if record.state != CertState::Active {
+                    return self.replay_renewal(record, &csr).await;
+                }
+                Some((**record).clone())
             }
-        }
-        let renewal_of = authorize(&principal, &csr, label)?;
-        if let Principal::Identity { record, .. } = &principal {
-            if record.state != CertState::Active {
-                return self.replay_renewal(record, &csr).await;
+            Principal::Identity {
+                certificate,
+                record,
             }
-        }
-        let pending_id = match (&renewal_of, label.config.require_approval) {
+            | Principal::IssuedElsewhere {
+                certificate,
+                record,
+            } => {
+                let own_lineage = record.certificate.lineage.as_deref()
+                    == Some(lineage_key.as_str())
+                    || lineage::legacy_match(
+                        record,
+                        &certificate.certificate,
+                        label.registry_name(),
+                        &strict.name,
+                        &sans,
+                        &kind,
+                    );
+                if record.state != CertState::Active {
+                    // Superseded, its successor never used: only the retry of
+                    // that renewal is answered (the same successor again).
+                    if own_lineage {
+                        return self.replay_renewal(record, &csr).await;
+                    }
+                    return Err(EstError::Forbidden(superseded_reason(record)));
+                }
+                if own_lineage {
+                    Some((**record).clone())
+                } else {
+                    self.live_certificate(&facts.owner, label, &lineage_key, &strict, &sans, &kind)
+                        .await?
+                }
+            }
+            Principal::Bootstrap { .. } => {
+                self.live_certificate(&facts.owner, label, &lineage_key, &strict, &sans, &kind)
+                    .await?
+            }
+            Principal::Device { .. } | Principal::User { .. } => None,
+        };
+        entitlement::check(
+            &facts.entitlement,
+            &label.config,
+            variant.profile.subordinate_ca,
+            &strict,
+            &sans,
+            replaces.is_some(),
+        )?;
+
+        let pending_id = match (&replaces, label.config.require_approval) {
             (None, true) => match self.approval(label, &csr, &principal).await? {
                 Approval::Approved(id) => Some(id),
                 Approval::AlreadyIssued(_) if operation == Operation::ServerKeyGen => {
@@ -190,7 +287,13 @@ impl EnrollService {
             _ => None,
         };
 
-        let predecessor = renewal_of.map(|(record, _)| record);
+        let predecessor = replaces.as_ref().map(|r| r.certificate.serial.clone());
+        let predecessor_certificate = match &replaces {
+            Some(record) => {
+                Some(Certificate::from_der(&record.certificate.der).map_err(EstError::internal)?)
+            }
+            None => None,
+        };
         // A device token is reserved before anything is issued, so concurrent
         // replays of one token are refused before they reach the CA.
         let reservation = match &principal {
@@ -200,17 +303,22 @@ impl EnrollService {
         let binding = self.binding(&principal).await?;
         let issue_request = IssueRequest {
             csr: &csr,
-            renewal_of: renewal_of.map(|(_, cert)| cert),
+            subject: &strict.name,
+            renewal_of: predecessor_certificate.as_ref(),
             binding: binding.as_ref(),
         };
         let issued = if operation == Operation::ServerKeyGen {
-            label
+            variant
                 .backend
                 .issue_with_generated_key(issue_request)
                 .await
                 .map(|(issued, key)| (issued, Some(key)))
         } else {
-            label.backend.issue(issue_request).await.map(|i| (i, None))
+            variant
+                .backend
+                .issue(issue_request)
+                .await
+                .map(|i| (i, None))
         };
         let (issued, private_key) = match issued {
             Ok(pair) => pair,
@@ -220,10 +328,14 @@ impl EnrollService {
                 return Err(e.into());
             }
         };
-        if let Some((_, old)) = renewal_of {
+        if let Some(old) = &predecessor_certificate {
             ensure_same_identity(&issued.certificate, old)?;
         }
 
+        let owner = facts
+            .owner
+            .clone()
+            .unwrap_or_else(|| lineage::certificate_owner(&issued.serial_hex));
         let record = NewCertificate {
             serial: issued.serial_hex.clone(),
             fingerprint: est_wire::sha256_hex(&issued.der),
@@ -233,9 +345,19 @@ impl EnrollService {
             not_before: unix_seconds(issued.not_before),
             not_after: unix_seconds(issued.not_after),
             auth: principal.describe(),
-            predecessor: predecessor.map(str::to_owned),
-            device_id: None,
+            predecessor: predecessor.clone(),
+            device_id: facts.device_id.clone(),
             backend_ref: issued.backend_ref.clone(),
+            owner: Some(owner),
+            // A renewal continues the lineage it replaces (libest's
+            // `simplereenroll` copies the old certificate's extensions into
+            // its CSR, which would otherwise read as another kind of request).
+            lineage: Some(
+                replaces
+                    .as_ref()
+                    .and_then(|r| r.certificate.lineage.clone())
+                    .unwrap_or(lineage_key),
+            ),
             der: issued.der.clone(),
         };
         let claim = reservation.clone().map(|(device_id, owner)| DeviceClaim {
@@ -245,14 +367,14 @@ impl EnrollService {
         });
         let recorded = self
             .registry
-            .record_issued(record, predecessor.map(str::to_owned), pending_id, claim)
+            .record_issued(record, predecessor.clone(), pending_id, claim)
             .await;
         if let Err(e) = recorded {
             // Nothing was recorded, so nothing is delivered, the token stays
             // usable, and a certificate the backend keeps is taken back.
             self.release(&reservation).await;
             if let Some(backend_ref) = &issued.backend_ref {
-                if let Err(cleanup) = label.backend.retire(backend_ref, binding.as_ref()).await {
+                if let Err(cleanup) = variant.backend.retire(backend_ref, binding.as_ref()).await {
                     tracing::error!(certificate_id = %backend_ref, error = %cleanup, "compensation failed");
                 }
             }
@@ -260,6 +382,12 @@ impl EnrollService {
                 RegistryError::PredecessorNotActive(serial) => EstError::Forbidden(format!(
                     "certificate {serial} was renewed or revoked by a concurrent request"
                 )),
+                RegistryError::LineageBusy => EstError::Conflict {
+                    retry_after_secs: 1,
+                    message:
+                        "a concurrent request obtained a certificate of the same kind first; retry"
+                            .into(),
+                },
                 RegistryError::ReservationLost(device) => EstError::Forbidden(format!(
                     "the enrollment of device {device} took too long and was taken over; retry"
                 )),
@@ -270,8 +398,10 @@ impl EnrollService {
             serial = %issued.serial_hex,
             subject = %issued.certificate.tbs_certificate.subject,
             label = label.registry_name(),
+            profile = %variant.profile_name,
+            kind = %kind.describe(),
             auth = %principal.describe(),
-            renewed = predecessor.unwrap_or("-"),
+            renewed = predecessor.as_deref().unwrap_or("-"),
             "issued certificate"
         );
         Ok(Enrolled {
@@ -281,8 +411,163 @@ impl EnrollService {
                 .unwrap_or_else(|| est_wire::sha256_hex(&issued.der)),
             certificate: issued.certificate,
             serial: issued.serial_hex,
-            renewed: predecessor.map(str::to_owned),
+            renewed: predecessor,
             private_key,
+        })
+    }
+
+    /// The live certificate of a lineage: the one recorded as such, or one
+    /// of the owner's device's certificates recorded before lineages that
+    /// matches it (same label, subject, names and key kind).
+    async fn live_certificate(
+        &self,
+        owner: &Option<String>,
+        label: &Label,
+        lineage_key: &str,
+        strict: &subject::StrictSubject,
+        sans: &[GeneralName],
+        kind: &RequestKind,
+    ) -> Result<Option<CertificateRecord>, EstError> {
+        let Some(owner) = owner else {
+            return Ok(None);
+        };
+        if let Some(live) = self
+            .registry
+            .live_in_lineage(owner, lineage_key)
+            .await
+            .map_err(EstError::internal)?
+        {
+            return Ok(Some(live));
+        }
+        let Some(device) = lineage::owner_device(owner) else {
+            return Ok(None);
+        };
+        for record in self
+            .registry
+            .device_certificates(device)
+            .await
+            .map_err(EstError::internal)?
+        {
+            if record.state != CertState::Active || record.certificate.lineage.is_some() {
+                continue;
+            }
+            let Ok(certificate) = Certificate::from_der(&record.certificate.der) else {
+                continue;
+            };
+            if lineage::legacy_match(
+                &record,
+                &certificate,
+                label.registry_name(),
+                &strict.name,
+                sans,
+                kind,
+            ) {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The identity behind a principal: its owner (lineage scope), device and
+    /// what it is entitled to.
+    async fn identity(&self, principal: &Principal, label: &Label) -> Result<Facts, EstError> {
+        let device =
+            |id: String| async move { self.registry.device(&id).await.map_err(EstError::internal) };
+        Ok(match principal {
+            Principal::Device { id, .. } => Facts {
+                owner: Some(lineage::device_owner(id)),
+                device_id: Some(id.clone()),
+                entitlement: Identity {
+                    credential: CredentialKind::DeviceToken,
+                    name: id.clone(),
+                    describe: format!("device {id}"),
+                    may_obtain_ca: false,
+                    allowed_sans: Some(Vec::new()),
+                },
+            },
+            Principal::User { name } => Facts {
+                owner: None,
+                device_id: None,
+                entitlement: Identity {
+                    credential: CredentialKind::User,
+                    name: name.clone(),
+                    describe: format!("user {name}"),
+                    may_obtain_ca: label.config.subordinate_ca_users.contains(name),
+                    allowed_sans: None,
+                },
+            },
+            Principal::Bootstrap { certificate } => {
+                let cn = certificate.common_name().ok_or_else(|| {
+                    EstError::Forbidden(format!(
+                        "the bootstrap certificate {} has no common name to identify its device",
+                        certificate.subject
+                    ))
+                })?;
+                let registered = device(cn.clone()).await?;
+                if registered
+                    .as_ref()
+                    .is_some_and(|d| d.state == DeviceState::Disabled)
+                {
+                    return Err(EstError::Forbidden(format!("device {cn} is disabled")));
+                }
+                Facts {
+                    owner: Some(lineage::device_owner(&cn)),
+                    device_id: registered.as_ref().map(|d| d.device.id.clone()),
+                    entitlement: Identity {
+                        credential: CredentialKind::Bootstrap,
+                        describe: format!("the bootstrap certificate of {cn}"),
+                        may_obtain_ca: registered.is_some_and(|d| d.device.edge_ca),
+                        name: cn,
+                        allowed_sans: Some(Vec::new()),
+                    },
+                }
+            }
+            Principal::Identity {
+                certificate,
+                record,
+            }
+            | Principal::IssuedElsewhere {
+                certificate,
+                record,
+            } => {
+                let owner = lineage::owner_of(record);
+                let name = lineage::owner_device(&owner)
+                    .map(str::to_owned)
+                    .or_else(|| certificate.common_name())
+                    .unwrap_or_default();
+                // The device behind it: recorded, or registered after a
+                // bootstrap certificate started the identity.
+                let device_id = record
+                    .certificate
+                    .device_id
+                    .clone()
+                    .or_else(|| lineage::owner_device(&owner).map(str::to_owned));
+                let registered = match &device_id {
+                    Some(id) => device(id.clone()).await?,
+                    None => None,
+                };
+                if let Some(d) = registered
+                    .as_ref()
+                    .filter(|d| d.state == DeviceState::Disabled)
+                {
+                    return Err(EstError::Forbidden(format!(
+                        "device {} is disabled",
+                        d.device.id
+                    )));
+                }
+                let may_obtain_ca = registered.as_ref().is_some_and(|d| d.device.edge_ca);
+                Facts {
+                    owner: Some(owner),
+                    device_id: registered.map(|d| d.device.id),
+                    entitlement: Identity {
+                        credential: CredentialKind::IssuedCertificate,
+                        describe: format!("certificate {}", record.certificate.serial),
+                        name,
+                        may_obtain_ca,
+                        allowed_sans: Some(certificate_sans(&certificate.certificate)),
+                    },
+                }
+            }
         })
     }
 
@@ -367,13 +652,9 @@ impl EnrollService {
             Err(RegistryError::TokenUsed(id)) => Err(EstError::Forbidden(format!(
                 "the enrollment token of device {id} has already been used"
             ))),
-            // Held by a request still running, or by one whose server
-            // crashed: then until its reservation lapses.
-            Err(RegistryError::DeviceBusy(id)) => Err(EstError::Busy {
-                retry_after_secs: BUSY_RETRY_SECS,
-                message: format!(
-                    "device {id} is being enrolled by a concurrent request; retry in {BUSY_RETRY_SECS} s"
-                ),
+            Err(RegistryError::DeviceBusy(id)) => Err(EstError::Conflict {
+                retry_after_secs: 5,
+                message: format!("device {id} is being enrolled by another request; retry shortly"),
             }),
             Err(RegistryError::DeviceDisabled(id)) => {
                 Err(EstError::Forbidden(format!("device {id} is disabled")))
@@ -472,68 +753,40 @@ enum Approval {
     AlreadyIssued(Box<Enrolled>),
 }
 
-/// Decides whether `principal` may have `csr` on `label`. For a renewal it
-/// returns the predecessor's serial and certificate.
-fn authorize<'p>(
-    principal: &'p Principal,
+/// What the enrollment path knows of the identity behind a request.
+struct Facts {
+    /// Lineage scope; `None` for a Basic user (the new certificate starts
+    /// an identity of its own, named after its serial).
+    owner: Option<String>,
+    /// The registered device the certificate belongs to.
+    device_id: Option<String>,
+    /// What it may obtain.
+    entitlement: Identity,
+}
+
+/// `/simplereenroll` keeps the subject and SubjectAltNames of the
+/// certificate being renewed (RFC 7030 §4.2.2).
+fn check_same_identity(
     csr: &Csr,
-    label: &Label,
-) -> Result<Option<(&'p str, &'p Certificate)>, EstError> {
-    match principal {
-        Principal::User { .. } | Principal::IssuedElsewhere { .. } => Ok(None),
-        Principal::Device { id, .. } => {
-            // No device may enroll another's identity.
-            match csr.common_name() {
-                Some(cn) if cn == *id => Ok(None),
-                other => Err(EstError::Forbidden(format!(
-                    "device {id} may only enroll CN={id}, not CN={}",
-                    other.unwrap_or_default()
-                ))),
-            }
-        }
-        Principal::Bootstrap { certificate } => {
-            if label.config.bootstrap_subject_must_match {
-                let wanted = csr.common_name();
-                let have = certificate.common_name();
-                if wanted.is_none() || wanted != have {
-                    return Err(EstError::Forbidden(format!(
-                        "a bootstrap certificate for CN={} may only enroll that common name, not CN={}",
-                        have.unwrap_or_default(),
-                        wanted.unwrap_or_default()
-                    )));
-                }
-            }
-            Ok(None)
-        }
-        Principal::Identity {
-            certificate,
-            record,
-        } => {
-            let old = &certificate.certificate;
-            if !same_subject(csr.subject(), &old.tbs_certificate.subject) {
-                return Err(EstError::Forbidden(format!(
-                    "the CSR subject `{}` differs from the certificate being renewed (`{}`); RFC 7030 §4.2.2 requires the same subject",
-                    csr.subject(),
-                    old.tbs_certificate.subject
-                )));
-            }
-            let requested: Vec<GeneralName> = csr
-                .subject_alt_names()
-                .iter()
-                .filter(|n| label.profile.copies(n))
-                .cloned()
-                .collect();
-            let current = certificate_sans(old);
-            if !same_names(&requested, &current) {
-                return Err(EstError::Forbidden(format!(
-                    "the CSR subjectAltName [{}] differs from the certificate being renewed [{}]; RFC 7030 §4.2.2 requires the same names",
-                    general_names_text(&requested),
-                    general_names_text(&current)
-                )));
-            }
-            Ok(Some((record.certificate.serial.as_str(), old)))
-        }
+    requested: &[GeneralName],
+    old: &Certificate,
+) -> Result<(), EstError> {
+    if !same_subject(csr.subject(), &old.tbs_certificate.subject) {
+        return Err(EstError::Forbidden(format!(
+            "the CSR subject `{}` differs from the certificate being renewed (`{}`); RFC 7030 §4.2.2 requires the same subject",
+            csr.subject(),
+            old.tbs_certificate.subject
+        )));
     }
+    let current = certificate_sans(old);
+    if !same_names(requested, &current) {
+        return Err(EstError::Forbidden(format!(
+            "the CSR subjectAltName [{}] differs from the certificate being renewed [{}]; RFC 7030 §4.2.2 requires the same names",
+            general_names_text(requested),
+            general_names_text(&current)
+        )));
+    }
+    Ok(())
 }
 
 /// Proof-of-possession linking: the CSR's challengePassword must be base64 of

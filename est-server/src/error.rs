@@ -46,14 +46,13 @@ pub enum EstError {
         /// What the client is waiting for.
         message: String,
     },
-    /// Another request holds what this one needs, for a while at most:
-    /// a device's reservation, maybe left by a crashed server (503 +
-    /// Retry-After).
+    /// A temporary conflict with a concurrent request (409 + Retry-After):
+    /// the same request can succeed once the other one is done.
     #[error("{message}")]
-    Busy {
-        /// Seconds after which a retry may succeed.
+    Conflict {
+        /// Seconds the client should wait before trying again.
         retry_after_secs: u64,
-        /// What is busy.
+        /// What the request ran into.
         message: String,
     },
     /// The operation exists but is not offered here (501).

@@ -74,3 +74,46 @@ pub fn config(data: &[u8]) {
         let _ = config.validate();
     }
 }
+
+/// Subject and SubjectAltName policy: the input is read as a DER subject
+/// (and, failing that, as a DER SubjectAltName list). A subject the policy
+/// accepts has exactly one common name, only UTF8String/PrintableString
+/// values without control characters, and rebuilds to itself; names the
+/// policy accepts carry no control characters.
+pub fn subject(data: &[u8]) {
+    use der::{Decode, Encode, Tagged};
+    if let Ok(name) = x509_cert::name::Name::from_der(data) {
+        if let Ok(strict) = crate::authority::subject::rebuild(&name) {
+            let cns = strict
+                .name
+                .0
+                .iter()
+                .flat_map(|rdn| rdn.0.iter())
+                .filter(|atv| atv.oid == const_oid::db::rfc4519::COMMON_NAME)
+                .count();
+            assert_eq!(cns, 1, "exactly one CN");
+            for atv in strict.name.0.iter().flat_map(|rdn| rdn.0.iter()) {
+                assert!(matches!(
+                    atv.value.tag(),
+                    der::Tag::Utf8String | der::Tag::PrintableString
+                ));
+                let text = std::str::from_utf8(atv.value.value()).expect("UTF-8 text");
+                assert!(!text.chars().any(char::is_control));
+            }
+            assert!(!strict.common_name.chars().any(char::is_control));
+            let again = crate::authority::subject::rebuild(&strict.name).expect("rebuilds");
+            assert_eq!(
+                again.name.to_der().expect("encodes"),
+                strict.name.to_der().expect("encodes")
+            );
+            let _ = crate::authority::subject::normalise(&strict.common_name);
+        }
+    } else if let Ok(names) = x509_cert::ext::pkix::SubjectAltName::from_der(data) {
+        if crate::authority::subject::check_names(&names.0).is_ok() {
+            for name in &names.0 {
+                let text = est_wire::names::general_name_text(name);
+                assert!(!text.chars().any(char::is_control), "{text:?}");
+            }
+        }
+    }
+}

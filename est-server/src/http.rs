@@ -31,6 +31,7 @@ use crate::auth::{ClientCertificate, Credentials};
 use crate::config::Limits;
 use crate::enroll::{EnrollRequest, EnrollService, Label};
 use crate::error::EstError;
+use crate::listener::{BackoffListener, PerAddress, WriteTimeout};
 use crate::registry::Registry;
 use crate::router::{route, Operation, RouteError};
 use est_wire::media;
@@ -68,6 +69,11 @@ struct Connection {
 }
 
 /// Accepts connections until `shutdown` resolves.
+///
+/// At most `limits.max_connections` are served at once (further ones wait
+/// in the accept queue) and at most `limits.max_connections_per_address`
+/// from one address (further ones are closed before the TLS handshake), so
+/// that one client cannot take every slot.
 pub async fn serve(
     state: Arc<AppState>,
     listener: TcpListener,
@@ -76,6 +82,8 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(state.limits.max_connections));
+    let per_address = PerAddress::new(state.limits.connections_per_address());
+    let mut listener = BackoffListener::new(listener, "est");
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -84,22 +92,37 @@ pub async fn serve(
         };
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
+        };
+        let Some(address_guard) = per_address.try_acquire(peer.ip()) else {
+            tracing::debug!(%peer, "too many connections from this address; closed");
+            state.metrics.connection_refused("est", "per_address");
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let state = state.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            let open = state.metrics.connection_opened("est");
             serve_connection(state, acceptor, tcp, peer).await;
-            drop(permit);
+            drop((open, address_guard, permit));
         });
+    }
+}
+
+/// A client certificate refused in the handshake (expired, a CA used as an
+/// end entity, an unknown issuer) is worth an operator's attention: it is
+/// logged at info with the reason and the address. Other handshake failures
+/// (scanners, clients giving up) stay at debug.
+fn log_handshake_failure(peer: SocketAddr, error: &std::io::Error) {
+    let rustls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(reason)) => {
+            tracing::info!(%peer, reason = ?reason, "client certificate refused in the TLS handshake");
+        }
+        _ => tracing::debug!(%peer, error = %error, "TLS handshake failed"),
     }
 }
 
@@ -109,12 +132,15 @@ async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
 ) {
+    let lifetime = tokio::time::sleep(state.limits.connection_lifetime);
+    // Beneath TLS, so that every partial write of a slow reader counts as progress.
+    let tcp = WriteTimeout::new(tcp, state.limits.write_timeout);
     let handshake =
         tokio::time::timeout(state.limits.handshake_timeout, acceptor.accept(tcp)).await;
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            log_handshake_failure(peer, &e);
             return;
         }
         Err(_) => {
@@ -164,13 +190,22 @@ async fn serve_connection(
         let connection = connection.clone();
         async move { Ok::<_, Infallible>(handle(&state, &connection, request).await) }
     });
-    let result = hyper::server::conn::http1::Builder::new()
+    let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .title_case_headers(true)
         .max_buf_size(16 * 1024)
-        .serve_connection(TokioIo::new(tls), service)
-        .await;
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(connection, lifetime);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = &mut lifetime => {
+            // Finish the response in progress (bounded by the write timeout), then close.
+            tracing::debug!(%peer, "connection lifetime reached; closing");
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
@@ -537,8 +572,9 @@ fn error_response(state: &AppState, error: &EstError, request_id: u64) -> Respon
         EstError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         EstError::Pending { .. } => StatusCode::ACCEPTED,
         EstError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+        EstError::Conflict { .. } => StatusCode::CONFLICT,
         EstError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-        EstError::Unavailable(_) | EstError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        EstError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         EstError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let message = if error.is_server_fault() {
@@ -563,7 +599,7 @@ fn error_response(state: &AppState, error: &EstError, request_id: u64) -> Respon
         | EstError::TooManyRequests {
             retry_after_secs, ..
         }
-        | EstError::Busy {
+        | EstError::Conflict {
             retry_after_secs, ..
         } => {
             headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));

@@ -6,9 +6,12 @@
 //! [`registry`]) → back to [`http`] to encode the answer. Beside it:
 //! [`rotation`] (server-driven rotation over MQTT, through the same
 //! enrollment service), [`retirement`] (the sweeper) and [`metrics`]
-//! (Prometheus series and the admin listener).
+//! (Prometheus series and the admin listener). [`listener`] holds what both
+//! listeners use against hostile clients: accept back-off, the per-address
+//! cap and the write timeout.
 
 pub mod auth;
+pub mod authority;
 pub mod config;
 pub mod cvm;
 pub mod dev;
@@ -20,6 +23,7 @@ pub mod fuzzing;
 pub mod header_case;
 pub mod http;
 pub mod keyed_locks;
+pub mod listener;
 pub mod metrics;
 pub mod password;
 pub mod registry;

@@ -122,6 +122,18 @@ enum DevicesAction {
         /// AWS IoT policy for this device.
         #[arg(long)]
         policy: Option<String>,
+        /// Allow the device to obtain a subordinate CA (Azure IoT Edge's Edge
+        /// CA) on labels that issue them.
+        #[arg(long)]
+        edge_ca: bool,
+    },
+    /// Allow (or, with --deny, forbid) a device to obtain a subordinate CA.
+    EdgeCa {
+        /// Device id.
+        id: String,
+        /// Forbid instead of allow.
+        #[arg(long)]
+        deny: bool,
     },
     /// Register devices from a CSV file (`id[,label[,thing[,policy]]]`); tokens go to a 0600 file.
     Import {
@@ -416,10 +428,11 @@ async fn certs(target: Target, action: CertsAction) -> anyhow::Result<()> {
             for r in listed {
                 let c = &r.certificate;
                 println!(
-                    "{}  {:<10}  label={:<8} not_after={}  subject={}  predecessor={}  auth={}",
+                    "{}  {:<10}  label={:<8} lineage={}  not_after={}  subject={}  predecessor={}  auth={}",
                     c.serial,
                     state_text(&r),
                     if c.label.is_empty() { "-" } else { &c.label },
+                    lineage_text(&r),
                     format_time(c.not_after),
                     c.subject,
                     c.predecessor.as_deref().unwrap_or("-"),
@@ -463,6 +476,17 @@ fn registry_serial(text: &str) -> anyhow::Result<String> {
     })
 }
 
+/// A certificate's lineage as listed: the first 12 hex digits of its key,
+/// `legacy` for certificates recorded before lineages.
+fn lineage_text(record: &est_server::registry::CertificateRecord) -> String {
+    record
+        .certificate
+        .lineage
+        .as_deref()
+        .map(|key| key.chars().take(12).collect())
+        .unwrap_or_else(|| "legacy".into())
+}
+
 async fn devices(target: Target, action: DevicesAction) -> anyhow::Result<()> {
     use est_server::devices::{is_valid_device_id, provision};
     let registry = target.registry().await?;
@@ -472,11 +496,13 @@ async fn devices(target: Target, action: DevicesAction) -> anyhow::Result<()> {
             label,
             thing,
             policy,
+            edge_ca,
         } => {
             if !is_valid_device_id(&id) {
                 anyhow::bail!("`{id}` is not a valid device id (printable ASCII, no `:` or `,`)");
             }
-            let (device, token) = provision(id.clone(), label, thing, policy);
+            let (mut device, token) = provision(id.clone(), label, thing, policy);
+            device.edge_ca = edge_ca;
             let added = registry.add_devices(vec![device]).await?;
             if added != [true] {
                 anyhow::bail!("device {id} already exists");
@@ -484,6 +510,13 @@ async fn devices(target: Target, action: DevicesAction) -> anyhow::Result<()> {
             println!(
                 "device {id} added; one-time token (shown only now): {}",
                 token.as_str()
+            );
+        }
+        DevicesAction::EdgeCa { id, deny } => {
+            registry.set_device_edge_ca(&id, !deny).await?;
+            println!(
+                "device {id} {} obtain a subordinate CA",
+                if deny { "may no longer" } else { "may" }
             );
         }
         DevicesAction::Import {
@@ -547,14 +580,26 @@ async fn devices(target: Target, action: DevicesAction) -> anyhow::Result<()> {
                     .unwrap_or_else(|| "-".into())
             );
             println!("failed token attempts: {}", d.failed_attempts);
-            println!("history:");
+            println!(
+                "edge CA:      {}",
+                if d.device.edge_ca {
+                    "allowed"
+                } else {
+                    "not allowed"
+                }
+            );
+            println!("history (lineage = label + subject + names + kind of request):");
             for c in registry.device_certificates(&id).await? {
                 println!(
-                    "  {}  {:<10}  issued {}  not_after {}  auth={}",
+                    "  {}  {:<10}  lineage={}  label={}  subject={}  issued {}  not_after {}  replaces={}  auth={}",
                     c.certificate.serial,
                     state_text(&c),
+                    lineage_text(&c),
+                    if c.certificate.label.is_empty() { "-" } else { &c.certificate.label },
+                    c.certificate.subject,
                     format_time(c.issued_at),
                     format_time(c.certificate.not_after),
+                    c.certificate.predecessor.as_deref().unwrap_or("-"),
                     c.certificate.auth
                 );
             }

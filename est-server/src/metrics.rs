@@ -8,7 +8,12 @@
 //! * `certificates_expiring{within}` — active certificates ending within 7 and 30 days;
 //! * `rotations{state}` — MQTT rotation records by state;
 //! * `rotation_events_total{event}` — orchestrator events (requested, issued,
-//!   acknowledged, failed, refused, resent).
+//!   acknowledged, failed, refused, resent);
+//! * `open_connections{listener}` — connections open now on the `est` and
+//!   `admin` listeners;
+//! * `connections_refused_total{listener,reason}` — connections closed at
+//!   accept: `per_address` (over `limits.max_connections_per_address`) or
+//!   `busy` (admin listener over `limits.admin_max_connections`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,7 +24,7 @@ use std::time::Duration;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,7 +32,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry as MetricRegistry;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
+use crate::config::Limits;
+use crate::listener::{BackoffListener, WriteTimeout};
 use crate::registry::{unix_now, Registry, RotationState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,6 +71,17 @@ struct EventLabel {
     event: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    listener: String,
+    reason: String,
+}
+
 /// Every series the server exports, plus the readiness flags.
 pub struct Metrics {
     registry: MetricRegistry,
@@ -72,6 +91,8 @@ pub struct Metrics {
     expiring: Family<Within, Gauge>,
     rotations: Family<StateLabel, Gauge>,
     rotation_events: Family<EventLabel, Counter>,
+    open_connections: Family<ListenerLabel, Gauge>,
+    refused_connections: Family<RefusedLabels, Counter>,
     /// False while the rotation orchestrator is enabled but not connected.
     pub broker_connected: AtomicBool,
     /// Whether a rotation orchestrator runs (then readiness needs the broker).
@@ -126,6 +147,18 @@ impl Metrics {
             "MQTT rotation orchestrator events",
             rotation_events.clone(),
         );
+        let open_connections = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "open_connections",
+            "Connections open now, by listener",
+            open_connections.clone(),
+        );
+        let refused_connections = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because a connection limit was reached",
+            refused_connections.clone(),
+        );
         Self {
             registry,
             enrollments,
@@ -134,6 +167,8 @@ impl Metrics {
             expiring,
             rotations,
             rotation_events,
+            open_connections,
+            refused_connections,
             broker_connected: AtomicBool::new(false),
             rotation_enabled: AtomicBool::new(false),
         }
@@ -170,6 +205,28 @@ impl Metrics {
         self.rotation_events
             .get_or_create(&EventLabel {
                 event: event.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one open connection on `listener` until the guard is dropped.
+    pub fn connection_opened(&self, listener: &str) -> OpenConnection {
+        let gauge = self
+            .open_connections
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_owned(),
+            })
+            .clone();
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+
+    /// Counts one connection closed at accept on `listener` for `reason`.
+    pub fn connection_refused(&self, listener: &str, reason: &str) {
+        self.refused_connections
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_owned(),
+                reason: reason.to_owned(),
             })
             .inc();
     }
@@ -211,23 +268,45 @@ impl Metrics {
     }
 }
 
+/// One connection counted in `est_open_connections`; uncounted on drop.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `address` (plain HTTP;
 /// bind it to a private interface). Prints `admin listening on <addr>`.
+///
+/// Requests get `limits.header_timeout` to arrive (also the idle limit) and
+/// answers `limits.write_timeout` to make progress; over
+/// `limits.admin_max_connections` new connections are closed at once.
 pub async fn serve_admin(
     address: SocketAddr,
     metrics: Arc<Metrics>,
     registry: Arc<dyn Registry>,
+    limits: Limits,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(address).await?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "admin listener (metrics, health)");
     println!("admin listening on {local}");
+    let mut listener = BackoffListener::new(listener, "admin");
+    let permits = Arc::new(Semaphore::new(limits.admin_max_connections));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let (stream, peer) = listener.accept().await;
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "admin listener busy; connection closed");
+            metrics.connection_refused("admin", "busy");
             continue;
         };
+        let open = metrics.connection_opened("admin");
         let metrics = metrics.clone();
         let registry = registry.clone();
+        let stream = WriteTimeout::new(stream, limits.write_timeout);
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let metrics = metrics.clone();
@@ -235,8 +314,11 @@ pub async fn serve_admin(
                 async move { Ok::<_, Infallible>(admin(request, &metrics, &*registry).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop((open, permit));
         });
     }
 }

@@ -10,26 +10,63 @@ use ca_backends::CaBackend;
 use tokio::net::TcpListener;
 
 use crate::auth::{Authenticator, Users};
-use crate::config::{BackendKind, ChannelBinding, Config, LabelConfig, RegistryKind};
-use crate::enroll::{EnrollService, Label};
+use crate::config::{BackendKind, ChannelBinding, Config, LabelConfig, RegistryKind, DEVICE_CA};
+use crate::enroll::{EnrollService, Label, Variant};
 use crate::http::AppState;
 use crate::registry::{Registry, SqliteRegistry};
 
-/// Opens the local CA described by `config` (creating it on first start).
+/// Opens the device CA described by `config.ca` (creating it on first start).
 pub fn open_ca(config: &Config) -> anyhow::Result<Arc<LocalCa>> {
+    open_named_ca(config, DEVICE_CA)
+}
+
+/// Opens the CA `name` (`device` is `[ca]`, others are `[cas.<name>]`),
+/// creating it on first start. A new issuing CA gets pathLenConstraint 1
+/// when a profile issues subordinate CAs from it, 0 otherwise.
+pub fn open_named_ca(config: &Config, name: &str) -> anyhow::Result<Arc<LocalCa>> {
+    let field = if name == DEVICE_CA {
+        "ca".to_owned()
+    } else {
+        format!("cas.{name}")
+    };
+    let settings = config
+        .ca_named(name)
+        .with_context(|| format!("no CA named `{name}`"))?;
     let options = LocalCaOptions {
-        key_algorithm: config
-            .ca
+        key_algorithm: settings
             .key_algorithm
             .parse()
-            .map_err(|e: String| anyhow::anyhow!("ca.key_algorithm: {e}"))?,
-        root_subject: config.ca.root_subject.clone(),
-        issuing_subject: config.ca.issuing_subject.clone(),
+            .map_err(|e: String| anyhow::anyhow!("{field}.key_algorithm: {e}"))?,
+        root_subject: named_subject(&settings.root_subject, name),
+        issuing_subject: named_subject(&settings.issuing_subject, name),
+        issuing_path_len: u8::from(config.issues_subordinate_cas(name)),
         ..LocalCaOptions::default()
     };
-    let ca = LocalCa::open_or_create(&config.ca.dir, &options)
-        .with_context(|| format!("local CA in {}", config.ca.dir.display()))?;
+    let ca = LocalCa::open_or_create(&settings.dir, &options)
+        .with_context(|| format!("{field}: local CA in {}", settings.dir.display()))?;
     Ok(Arc::new(ca))
+}
+
+/// A further hierarchy left with the default subjects is told apart from
+/// the device CA by its name: `CN=EST Root CA (edge),O=est-server`.
+fn named_subject(subject: &str, name: &str) -> String {
+    let defaults = crate::config::CaConfig::default();
+    if name == DEVICE_CA
+        || (subject != defaults.root_subject && subject != defaults.issuing_subject)
+    {
+        return subject.to_owned();
+    }
+    subject.replacen(" CA,", &format!(" CA ({name}),"), 1)
+}
+
+/// Every local CA the config names: the device CA and each `[cas.*]`.
+pub fn open_cas(config: &Config) -> anyhow::Result<HashMap<String, Arc<LocalCa>>> {
+    let mut cas = HashMap::new();
+    cas.insert(DEVICE_CA.to_owned(), open_ca(config)?);
+    for name in config.cas.keys() {
+        cas.insert(name.clone(), open_named_ca(config, name)?);
+    }
+    Ok(cas)
 }
 
 /// Opens the registry the config names (SQLite file or DynamoDB table).
@@ -85,10 +122,18 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let ca = open_ca(&config)?;
+    let cas = open_cas(&config)?;
+    let ca = cas[DEVICE_CA].clone();
     let registry = open_registry(&config).await?;
-    // Client certificates may come from the local CA or from a backend's CA.
+    // Client certificates may come from the device CA, a hierarchy marked
+    // `client_auth`, or a backend's CA — never from one that issues
+    // subordinate CAs (config validation keeps those apart).
     let mut issuers = ca.chain();
+    for (name, other) in &cas {
+        if name != DEVICE_CA && config.trusts_for_client_auth(name) {
+            issuers.extend(other.chain());
+        }
+    }
     for label in std::iter::once(&config.enroll).chain(config.labels.values()) {
         if label.backend == BackendKind::Local {
             continue;
@@ -107,12 +152,12 @@ pub async fn run(
     let mut labels = HashMap::new();
     labels.insert(
         String::new(),
-        label(&config, None, &config.enroll, &ca).await?,
+        label(&config, None, &config.enroll, &cas).await?,
     );
     for (name, label_config) in &config.labels {
         labels.insert(
             name.clone(),
-            label(&config, Some(name.clone()), label_config, &ca).await?,
+            label(&config, Some(name.clone()), label_config, &cas).await?,
         );
     }
 
@@ -124,11 +169,7 @@ pub async fn run(
         config.limits.clone(),
     );
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let reserved = config
-        .rotation
-        .iter()
-        .map(|r| r.client_id.clone())
-        .collect();
+    let reserved = config.reserved_common_names();
     let enroll = EnrollService::new(authenticator, registry.clone(), metrics.clone())
         .with_reserved_names(reserved);
     let header_case = crate::header_case::template().await?;
@@ -152,7 +193,8 @@ pub async fn run(
 
     if let Some(address) = config.admin_listen {
         let (metrics, registry) = (metrics.clone(), state.registry.clone());
-        let listener = crate::metrics::serve_admin(address, metrics, registry);
+        let listener =
+            crate::metrics::serve_admin(address, metrics, registry, config.limits.clone());
         tokio::spawn(async move {
             if let Err(e) = listener.await {
                 tracing::error!(error = %e, "admin listener failed");
@@ -207,33 +249,83 @@ async fn label(
     config: &Config,
     name: Option<String>,
     label_config: &LabelConfig,
-    ca: &Arc<LocalCa>,
+    cas: &HashMap<String, Arc<LocalCa>>,
 ) -> anyhow::Result<Label> {
-    let profile = config.profile(&label_config.profile);
-    let mut oids = label_config
-        .csrattrs
-        .iter()
-        .map(|oid| const_oid::ObjectIdentifier::new(oid))
-        .collect::<Result<Vec<_>, _>>()
-        .context("csrattrs")?;
-    // A label that requires channel binding tells clients so (RFC 7030 §3.5).
-    if label_config.channel_binding == ChannelBinding::Require
-        && !oids.contains(&est_wire::csr::CHALLENGE_PASSWORD)
-    {
-        oids.insert(0, est_wire::csr::CHALLENGE_PASSWORD);
-    }
-    let csrattrs = (!oids.is_empty()).then(|| est_wire::csrattrs::encode(&oids));
-    let backend: Arc<dyn CaBackend> = match label_config.backend {
-        BackendKind::Local => Arc::new(LocalCaBackend::new(ca.clone(), profile.clone())),
-        BackendKind::AwsIot => aws_backend(config, label_config).await?,
+    let profile_names = if label_config.profiles.is_empty() {
+        vec![label_config.profile.clone()]
+    } else {
+        label_config.profiles.clone()
     };
+    let mut variants = Vec::with_capacity(profile_names.len());
+    for profile_name in profile_names {
+        let profile = config.profile(&profile_name);
+        let backend: Arc<dyn CaBackend> = match label_config.backend {
+            BackendKind::Local => {
+                let ca_name = profile.ca.as_deref().unwrap_or(DEVICE_CA);
+                let ca = cas
+                    .get(ca_name)
+                    .with_context(|| format!("profiles.{profile_name}.ca: no CA `{ca_name}`"))?;
+                Arc::new(LocalCaBackend::new(ca.clone(), profile.clone()))
+            }
+            BackendKind::AwsIot => aws_backend(config, label_config).await?,
+        };
+        variants.push(Variant {
+            profile_name,
+            profile,
+            backend,
+        });
+    }
+    let first = &variants[0];
+    let csrattrs = csr_attributes(label_config, &first.profile)?;
     Ok(Label {
         name,
         config: label_config.clone(),
-        backend,
-        profile,
+        profile: first.profile.clone(),
+        backend: first.backend.clone(),
+        variants,
         csrattrs,
     })
+}
+
+/// The `/csrattrs` answer of a label (RFC 7030 §4.5, RFC 9908): the
+/// configured OIDs, or — when none are configured — what the label's first
+/// profile wants: the key algorithm (and curve), the signature algorithm
+/// and, in an extensionRequest, the extended key usages. challengePassword
+/// leads when the label requires channel binding (RFC 7030 §3.5). `None`
+/// (204) only for an explicit `csrattrs = []`.
+fn csr_attributes(
+    label: &LabelConfig,
+    profile: &ca_backends::Profile,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    use est_wire::csrattrs::CsrAttr;
+    let mut items: Vec<CsrAttr> = match &label.csrattrs {
+        Some(oids) => oids
+            .iter()
+            .map(|oid| const_oid::ObjectIdentifier::new(oid).map(CsrAttr::Oid))
+            .collect::<Result<Vec<_>, _>>()
+            .context("csrattrs")?,
+        None => {
+            let algorithm: est_wire::keys::KeyAlgorithm = profile
+                .key_algorithm
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("key_algorithm: {e}"))?;
+            let mut items = est_wire::csrattrs::key_attributes(algorithm);
+            let ekus = profile.extended_key_usage_oids();
+            if !ekus.is_empty() && !profile.subordinate_ca {
+                items.push(est_wire::csrattrs::extended_key_usage_request(&ekus)?);
+            }
+            items
+        }
+    };
+    if label.channel_binding == ChannelBinding::Require
+        && !items.contains(&CsrAttr::Oid(est_wire::csr::CHALLENGE_PASSWORD))
+    {
+        items.insert(0, CsrAttr::Oid(est_wire::csr::CHALLENGE_PASSWORD));
+    }
+    if items.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(est_wire::csrattrs::encode_items(&items)?))
 }
 
 #[cfg(feature = "aws")]

@@ -48,3 +48,8 @@ fn router_corpus() {
 fn config_corpus() {
     replay("config", est_server::fuzzing::config);
 }
+
+#[test]
+fn subject_corpus() {
+    replay("subject", est_server::fuzzing::subject);
+}

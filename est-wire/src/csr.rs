@@ -182,6 +182,11 @@ pub fn attribute_text(value: &der::Any) -> Option<String> {
     Some(text)
 }
 
+/// The kind of a public key (also for certificates), or why it is not accepted.
+pub fn key_kind_of(spki: &SubjectPublicKeyInfoOwned) -> Result<KeyKind, CsrError> {
+    key_kind(spki)
+}
+
 fn key_kind(spki: &SubjectPublicKeyInfoOwned) -> Result<KeyKind, CsrError> {
     let algorithm = spki.algorithm.oid;
     if algorithm == rfc5912::ID_EC_PUBLIC_KEY {

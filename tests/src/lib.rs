@@ -91,16 +91,20 @@ bootstrap_trust = @BOOTSTRAP@
 [[users]]
 name = "estuser"
 password_hash = "{hash}"
+[cas.edge]
+dir = "edge-ca"
 [profiles.device]
 validity = "30d"
 [profiles.edge-ca]
 validity = "90d"
 subordinate_ca = true
 extended_key_usage = []
+ca = "edge"
 [enroll]
 profile = "device"
 [labels.edgeca]
 profile = "edge-ca"
+subordinate_ca_users = ["estuser"]
 [labels.iot]
 profile = "device"
 {extra}"#,
@@ -565,6 +569,24 @@ pub fn x509(cert: &Path, args: &[&str]) -> String {
     let mut full = vec!["x509", "-in", &path, "-noout"];
     full.extend_from_slice(args);
     String::from_utf8(openssl(&full)).unwrap()
+}
+
+/// A PEM certificate's serial as the registry writes it (lower-case hex).
+pub fn serial_of(cert: &Path) -> String {
+    x509(cert, &["-serial"])
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase()
+}
+
+/// The registry state (`active`, `superseded`, …) of a certificate, from `certs list`.
+pub fn state_of(server: &Server, serial: &str) -> String {
+    let listing = server.admin(&["certs", "list"]);
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with(serial))
+        .unwrap_or_else(|| panic!("{serial} not in\n{listing}"));
+    line.split_whitespace().nth(1).unwrap().to_owned()
 }
 
 /// Reads everything from a reader into a string (helper for raw sockets).

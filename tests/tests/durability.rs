@@ -140,7 +140,8 @@ fn a_thousand_replays_of_one_token_across_two_processes_yield_one_certificate() 
     let registry_path = shared_registry.path().join("registry.sqlite");
     let tables = format!(
         "[registry]\npath = \"{}\"\n[labels.fleet]\nprofile = \"device\"\nauth = [\"device-token\"]\n\
-         [limits]\nmax_connections = 4096\nfailures_per_minute_per_address = 100000\n",
+         [limits]\nmax_connections = 4096\nmax_connections_per_address = 4096\n\
+         failures_per_minute_per_address = 100000\n",
         registry_path.display()
     );
     let server_a = Server::start_with(&config_with(&tables), None);
@@ -206,10 +207,10 @@ fn a_thousand_replays_of_one_token_across_two_processes_yield_one_certificate() 
         *refusals.entry(status).or_insert(0) += 1;
     }
     assert_eq!(issued, 1, "refusals: {refusals:?}");
-    // 403 once the token is used, 503 (retry) while a request holds it.
+    // 403 once the token is used, 409 (retry) while a request holds it.
     assert!(
-        refusals.keys().all(|s| *s == 403 || *s == 503),
-        "only 403 or 503 for the replays: {refusals:?}"
+        refusals.keys().all(|s| *s == 403 || *s == 409),
+        "only 403 or 409 for the replays: {refusals:?}"
     );
     let show = server_b.admin(&["devices", "show", "RACE-1000"]);
     assert_eq!(

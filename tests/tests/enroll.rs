@@ -181,7 +181,7 @@ fn label_selects_the_profile_and_csr_cannot_ask_for_more() {
         work.path(),
         "edgeca",
         KeyType::P256,
-        "/CN=edge-ca-1",
+        "/CN=aziot-edge CA edge-ca-1",
         &[
             "basicConstraints=critical,CA:TRUE,pathlen:0",
             "keyUsage=critical,keyCertSign",
@@ -216,28 +216,61 @@ fn label_selects_the_profile_and_csr_cannot_ask_for_more() {
     );
 }
 
-#[test]
-fn csrattrs_is_204_unless_configured() {
-    let server = Server::start_with(
-        &config_with("[labels.attrs]\nprofile = \"device\"\ncsrattrs = [\"1.2.840.113549.1.9.7\", \"1.2.840.10045.4.3.2\"]\n"),
-        None,
-    );
-    let response = server.curl(&[&format!("{}/csrattrs", server.base(None))]);
-    assert_eq!(response.status, 204);
-    let response = server.curl(&[&format!("{}/csrattrs", server.base(Some("attrs")))]);
-    assert_eq!(response.status, 200);
+/// `/csrattrs` as openssl's asn1parse reads it.
+fn csrattrs_text(server: &Server, label: Option<&str>) -> String {
+    let response = server.curl(&[&format!("{}/csrattrs", server.base(label))]);
+    assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(
         response.header_exact("Content-Type").as_deref(),
         Some("application/csrattrs")
     );
     let der = openssl_with_input(&["base64", "-d"], Some(&response.body));
-    let parsed = String::from_utf8(openssl_with_input(
+    String::from_utf8(openssl_with_input(
         &["asn1parse", "-inform", "DER"],
         Some(&der),
     ))
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn csrattrs_says_what_the_profile_wants_and_is_204_only_when_configured_empty() {
+    let server = Server::start_with(
+        &config_with(
+            "[labels.attrs]
+profile = \"device\"
+csrattrs = [\"1.2.840.113549.1.9.7\", \"1.2.840.10045.4.3.2\"]\n\
+             [labels.none]\nprofile = \"device\"\ncsrattrs = []\n\
+             [labels.bound]\nprofile = \"device\"\nchannel_binding = \"require\"\n\
+             [profiles.rsa]\nkey_algorithm = \"rsa2048\"\n[labels.rsa]\nprofile = \"rsa\"\n",
+        ),
+        None,
+    );
+    // From the profile (RFC 7030 §4.5.2, RFC 9908): EC P-256 key, ECDSA with
+    // SHA-256, an extensionRequest asking for clientAuth.
+    let parsed = csrattrs_text(&server, None);
+    for wanted in [
+        "id-ecPublicKey",
+        "prime256v1",
+        "ecdsa-with-SHA256",
+        "Extension Request",
+        "X509v3 Extended Key Usage",
+    ] {
+        assert!(parsed.contains(wanted), "{wanted}: {parsed}");
+    }
+    assert!(!parsed.contains("challengePassword"), "{parsed}");
+    let parsed = csrattrs_text(&server, Some("bound"));
+    assert!(parsed.contains("challengePassword"), "{parsed}");
+    let parsed = csrattrs_text(&server, Some("rsa"));
+    assert!(parsed.contains("rsaEncryption"), "{parsed}");
+    assert!(parsed.contains("sha256WithRSAEncryption"), "{parsed}");
+    // Configured OIDs are served as configured.
+    let parsed = csrattrs_text(&server, Some("attrs"));
     assert!(parsed.contains("challengePassword"), "{parsed}");
     assert!(parsed.contains("ecdsa-with-SHA256"), "{parsed}");
+    assert!(!parsed.contains("id-ecPublicKey"), "{parsed}");
+    // 204 only where a label explicitly configures none.
+    let response = server.curl(&[&format!("{}/csrattrs", server.base(Some("none")))]);
+    assert_eq!(response.status, 204);
 }
 
 #[test]

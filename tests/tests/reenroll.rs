@@ -3,27 +3,11 @@
 
 use est_e2e::*;
 
-fn serial_of(cert: &std::path::Path) -> String {
-    x509(cert, &["-serial"])
-        .trim()
-        .trim_start_matches("serial=")
-        .to_ascii_lowercase()
-}
-
 fn serial_of_response(response: &HttpResponse) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.pem");
     std::fs::write(&path, pkcs7_to_pem(&response.body)).unwrap();
     serial_of(&path)
-}
-
-fn state_of(server: &Server, serial: &str) -> String {
-    let listing = server.admin(&["certs", "list"]);
-    let line = listing
-        .lines()
-        .find(|l| l.starts_with(serial))
-        .unwrap_or_else(|| panic!("{serial} not in\n{listing}"));
-    line.split_whitespace().nth(1).unwrap().to_owned()
 }
 
 fn mtls<'a>(cert: &'a str, key: &'a str) -> [&'a str; 4] {
@@ -190,26 +174,41 @@ fn identity_certificate_on_simpleenroll_is_a_renewal_iot_edge_style() {
 #[test]
 fn identity_certificate_authenticates_a_first_enrollment_where_issued_cert_is_allowed() {
     let server = Server::start_with(
-        &config_with("[labels.edge-ca-issued]\nprofile = \"edge-ca\"\nauth = [\"issued-cert\"]\n"),
+        &config_with(
+            "[labels.edge-ca-issued]\nprofile = \"edge-ca\"\nauth = [\"issued-cert\"]\n\
+             [labels.other]\nprofile = \"device\"\nauth = [\"issued-cert\"]\n\
+             [labels.closed]\nprofile = \"device\"\nauth = [\"basic\"]\n\
+             [labels.tok]\nprofile = \"device\"\nauth = [\"device-token\"]\n",
+        ),
         None,
     );
     let work = tempfile::tempdir().unwrap();
-    let id = Csr::new(work.path(), "id", KeyType::P256, "/CN=edge-7", &[]);
+    // A device token's certificate: its device may obtain an Edge CA.
+    server.admin(&["devices", "add", "edge-7", "--label", "tok", "--edge-ca"]);
+    let token = {
+        let line = server.admin(&["devices", "add", "edge-8", "--label", "tok"]);
+        line.trim().rsplit(' ').next().unwrap().to_owned()
+    };
+    let id = Csr::new(work.path(), "id", KeyType::P256, "/CN=edge-8", &[]);
     let cert = work.path().join("id.pem");
-    enroll_basic(&server, Some("iot"), &id, &cert);
-    let edge_ca = Csr::new(
-        work.path(),
-        "eca",
-        KeyType::P256,
-        "/CN=edge-7 Edge CA",
-        &["basicConstraints=critical,CA:TRUE,pathlen:0"],
-    );
-    let (c, k) = (cert.display().to_string(), id.key.display().to_string());
     let response = post_csr(
         &server,
-        Some("edge-ca-issued"),
+        Some("tok"),
         "simpleenroll",
-        &edge_ca.b64,
+        &id.b64,
+        &["-u", &format!("edge-8:{token}")],
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    std::fs::write(&cert, pkcs7_to_pem(&response.body)).unwrap();
+    let (c, k) = (cert.display().to_string(), id.key.display().to_string());
+    // A first end-entity certificate on another label: the same identity's
+    // subject, not a renewal of the authenticating certificate.
+    let other = Csr::new(work.path(), "other", KeyType::P256, "/CN=edge-8", &[]);
+    let response = post_csr(
+        &server,
+        Some("other"),
+        "simpleenroll",
+        &other.b64,
         &mtls(&c, &k),
     );
     assert_eq!(response.status, 200, "{}", response.text());
@@ -222,6 +221,76 @@ fn identity_certificate_authenticates_a_first_enrollment_where_issued_cert_is_al
         state_of(&server, &serial_of(&cert)),
         "active",
         "not a renewal of the identity"
+    );
+    // Another identity's subject is refused.
+    let foreign = Csr::new(work.path(), "foreign", KeyType::P256, "/CN=edge-7", &[]);
+    let response = post_csr(
+        &server,
+        Some("other"),
+        "simpleenroll",
+        &foreign.b64,
+        &mtls(&c, &k),
+    );
+    assert_eq!(response.status, 403, "{}", response.text());
+    // Where issued certificates are not accepted, they are not.
+    let response = post_csr(
+        &server,
+        Some("closed"),
+        "simpleenroll",
+        &other.b64,
+        &mtls(&c, &k),
+    );
+    assert_eq!(response.status, 401, "{}", response.text());
+    // A CA needs a device allowed one (edge-8 is not) …
+    let edge_ca = Csr::new(
+        work.path(),
+        "eca",
+        KeyType::P256,
+        "/CN=aziot-edge CA edge-8",
+        &["basicConstraints=critical,CA:TRUE,pathlen:0"],
+    );
+    let response = post_csr(
+        &server,
+        Some("edge-ca-issued"),
+        "simpleenroll",
+        &edge_ca.b64,
+        &mtls(&c, &k),
+    );
+    assert_eq!(response.status, 403, "{}", response.text());
+    assert!(
+        response.text().contains("devices edge-ca edge-8"),
+        "{}",
+        response.text()
+    );
+    // … and once allowed, it gets one, with the subject derived from it.
+    server.admin(&["devices", "edge-ca", "edge-8"]);
+    let response = post_csr(
+        &server,
+        Some("edge-ca-issued"),
+        "simpleenroll",
+        &edge_ca.b64,
+        &mtls(&c, &k),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let wrong = Csr::new(
+        work.path(),
+        "eca2",
+        KeyType::P256,
+        "/CN=aziot-edge CA edge-7",
+        &["basicConstraints=critical,CA:TRUE,pathlen:0"],
+    );
+    let response = post_csr(
+        &server,
+        Some("edge-ca-issued"),
+        "simpleenroll",
+        &wrong.b64,
+        &mtls(&c, &k),
+    );
+    assert_eq!(response.status, 403, "{}", response.text());
+    assert!(
+        response.text().contains("CN=aziot-edge CA edge-8"),
+        "{}",
+        response.text()
     );
 }
 
@@ -462,4 +531,40 @@ fn crl_lists_revoked_and_retired_certificates() {
     let out = work.path().join("cli.crl");
     server.admin(&["crl", "--out", &out.display().to_string()]);
     assert!(std::fs::metadata(&out).unwrap().len() > 100);
+}
+
+/// libest's `simplereenroll` copies the old certificate's extensions into
+/// its CSR; the renewal still continues the same lineage.
+#[test]
+fn reenroll_continues_the_lineage_whatever_the_csr_asks_for() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let first = Csr::new(work.path(), "l1", KeyType::P256, "/CN=libest-like", &[]);
+    let cert = work.path().join("l1.pem");
+    enroll_basic(&server, None, &first, &cert);
+    let again = Csr::new(
+        work.path(),
+        "l2",
+        KeyType::P256,
+        "/CN=libest-like",
+        &[
+            "extendedKeyUsage=clientAuth",
+            "keyUsage=digitalSignature,keyAgreement",
+        ],
+    );
+    let (c, k) = (cert.display().to_string(), first.key.display().to_string());
+    let response = post_csr(&server, None, "simplereenroll", &again.b64, &mtls(&c, &k));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let renewed = serial_of_response(&response);
+    let listing = server.admin(&["certs", "list"]);
+    let lineage = |serial: &str| {
+        listing
+            .lines()
+            .find(|l| l.starts_with(serial))
+            .and_then(|l| l.split_whitespace().find(|w| w.starts_with("lineage=")))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(lineage(&serial_of(&cert)), lineage(&renewed), "{listing}");
+    assert!(state_of(&server, &serial_of(&cert)).starts_with("superseded"));
 }

@@ -21,6 +21,8 @@ fn cert(serial: &str, predecessor: Option<&str>) -> NewCertificate {
         predecessor: predecessor.map(str::to_owned),
         device_id: None,
         backend_ref: Some(format!("aws-{serial}")),
+        owner: None,
+        lineage: None,
         der: vec![0x30, 0x00],
     }
 }
@@ -32,6 +34,7 @@ fn device(id: &str, hash: &str) -> NewDevice {
         label: "lbl".into(),
         thing_name: Some(format!("thing-{id}")),
         policy: None,
+        edge_ca: false,
     }
 }
 
@@ -453,11 +456,199 @@ async fn suite(registry: Arc<dyn Registry>) {
     lockout_ends_cleanly(&*registry).await;
 }
 
+fn of_lineage(
+    serial: &str,
+    owner: &str,
+    lineage: &str,
+    predecessor: Option<&str>,
+) -> NewCertificate {
+    NewCertificate {
+        owner: Some(owner.into()),
+        lineage: Some(lineage.into()),
+        backend_ref: None,
+        ..cert(serial, predecessor)
+    }
+}
+
+/// One live certificate per lineage, kept by the store itself: a second
+/// first certificate is refused, a renewal replaces exactly its own lineage's
+/// certificate, concurrent first certificates yield one, and revocation and
+/// reinstatement move the lineage's live certificate as they should.
+async fn lineage_suite(registry: Arc<dyn Registry>) {
+    let record = |c: NewCertificate, supersedes: Option<&str>| {
+        let registry = registry.clone();
+        let supersedes = supersedes.map(str::to_owned);
+        async move { registry.record_issued(c, supersedes, None, None).await }
+    };
+    record(of_lineage("la", "device:edge", "est-id", None), None)
+        .await
+        .unwrap();
+    record(of_lineage("lb", "device:edge", "device-id", None), None)
+        .await
+        .unwrap();
+    record(of_lineage("lx", "device:other", "est-id", None), None)
+        .await
+        .unwrap();
+    let live = |owner: &'static str, lineage: &'static str| {
+        let registry = registry.clone();
+        async move {
+            registry
+                .live_in_lineage(owner, lineage)
+                .await
+                .unwrap()
+                .map(|r| r.certificate.serial)
+        }
+    };
+    assert_eq!(live("device:edge", "est-id").await.as_deref(), Some("la"));
+    assert_eq!(
+        live("device:edge", "device-id").await.as_deref(),
+        Some("lb")
+    );
+    assert_eq!(live("device:other", "est-id").await.as_deref(), Some("lx"));
+    assert_eq!(live("device:edge", "edge-ca").await, None);
+
+    // A second first certificate of a live lineage is refused, nothing recorded.
+    let twice = record(of_lineage("lc", "device:edge", "est-id", None), None).await;
+    assert!(
+        matches!(twice, Err(RegistryError::LineageBusy)),
+        "{twice:?}"
+    );
+    assert!(registry.find_by_serial("lc").await.unwrap().is_none());
+    // A renewal replaces its own lineage's certificate and no other.
+    record(
+        of_lineage("lc", "device:edge", "est-id", Some("la")),
+        Some("la"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(live("device:edge", "est-id").await.as_deref(), Some("lc"));
+    let state = |serial: &'static str| {
+        let registry = registry.clone();
+        async move {
+            registry
+                .find_by_serial(serial)
+                .await
+                .unwrap()
+                .unwrap()
+                .state
+        }
+    };
+    assert_eq!(state("la").await, CertState::Superseded);
+    assert_eq!(state("lb").await, CertState::Active);
+    assert_eq!(state("lx").await, CertState::Active);
+    let again = record(
+        of_lineage("ld", "device:edge", "est-id", Some("la")),
+        Some("la"),
+    )
+    .await;
+    assert!(
+        matches!(again, Err(RegistryError::PredecessorNotActive(_))),
+        "{again:?}"
+    );
+
+    // Concurrent first certificates of one new lineage: exactly one.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let registry = registry.clone();
+        tasks.spawn(async move {
+            registry
+                .record_issued(
+                    of_lineage(&format!("le{i:02}"), "device:edge", "edge-ca", None),
+                    None,
+                    None,
+                    None,
+                )
+                .await
+        });
+    }
+    let mut won = 0;
+    while let Some(outcome) = tasks.join_next().await {
+        match outcome.unwrap() {
+            Ok(()) => won += 1,
+            Err(RegistryError::LineageBusy) => {}
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(won, 1);
+
+    // Revoked: the lineage has no live certificate and may start again.
+    registry.revoke("lc").await.unwrap();
+    assert_eq!(live("device:edge", "est-id").await, None);
+    record(of_lineage("lf", "device:edge", "est-id", None), None)
+        .await
+        .unwrap();
+    // Renewed, then the renewal undone: the predecessor is live again and
+    // can be renewed once more.
+    record(
+        of_lineage("lg", "device:edge", "est-id", Some("lf")),
+        Some("lf"),
+    )
+    .await
+    .unwrap();
+    registry.reinstate_predecessor("lf", "lg").await.unwrap();
+    assert_eq!(live("device:edge", "est-id").await.as_deref(), Some("lf"));
+    record(
+        of_lineage("lh", "device:edge", "est-id", Some("lf")),
+        Some("lf"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(live("device:edge", "est-id").await.as_deref(), Some("lh"));
+
+    // A certificate recorded before lineages (no owner, no lineage) is
+    // replaced by the first certificate that carries one.
+    record(cert("lk", None), None).await.unwrap();
+    record(
+        of_lineage("ll", "cert:lk", "basic-line", Some("lk")),
+        Some("lk"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(state("lk").await, CertState::Superseded);
+    assert_eq!(live("cert:lk", "basic-line").await.as_deref(), Some("ll"));
+
+    // The Edge CA flag of a device.
+    registry
+        .add_devices(vec![NewDevice {
+            edge_ca: true,
+            ..device("edge-flag", "h")
+        }])
+        .await
+        .unwrap();
+    assert!(
+        registry
+            .device("edge-flag")
+            .await
+            .unwrap()
+            .unwrap()
+            .device
+            .edge_ca
+    );
+    registry
+        .set_device_edge_ca("edge-flag", false)
+        .await
+        .unwrap();
+    assert!(
+        !registry
+            .device("edge-flag")
+            .await
+            .unwrap()
+            .unwrap()
+            .device
+            .edge_ca
+    );
+    assert!(matches!(
+        registry.set_device_edge_ca("no-such-device", true).await,
+        Err(RegistryError::NotFound(_))
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_registry_conformance() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = SqliteRegistry::open(&dir.path().join("registry.sqlite")).unwrap();
-    suite(Arc::new(registry)).await;
+    let registry = Arc::new(SqliteRegistry::open(&dir.path().join("registry.sqlite")).unwrap());
+    suite(registry.clone()).await;
+    lineage_suite(registry).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -474,5 +665,7 @@ async fn dynamodb_registry_conformance() {
     let registry = DynamoDbRegistry::new(&sdk, "conformance");
     registry.create_table().await.unwrap();
     registry.create_table().await.unwrap();
-    suite(Arc::new(registry)).await;
+    let registry = Arc::new(registry);
+    suite(registry.clone()).await;
+    lineage_suite(registry).await;
 }

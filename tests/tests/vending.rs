@@ -98,10 +98,10 @@ fn concurrent_replays_of_one_token_yield_exactly_one_certificate() {
         1,
         "{statuses:?}"
     );
-    // The others: the token is used (403), or still reserved by the
-    // request that uses it (503, retry).
+    // The others: the token is used (403), or another request holds the
+    // device right now (409 + Retry-After: a temporary conflict).
     assert!(
-        statuses.iter().all(|s| [200, 403, 503].contains(s)),
+        statuses.iter().all(|s| [200, 403, 409].contains(s)),
         "{statuses:?}"
     );
     let show = server.admin(&["devices", "show", "SN-RACE"]);
@@ -113,10 +113,10 @@ fn concurrent_replays_of_one_token_yield_exactly_one_certificate() {
 }
 
 /// A device whose token a request reserved, and whose server then crashed
-/// (the reservation is left to lapse), gets 503 with Retry-After, not 403:
+/// (the reservation is left to lapse), gets 409 with Retry-After, not 403:
 /// the token is not used, and a retry will succeed.
 #[test]
-fn a_reserved_device_is_busy_for_a_while_not_refused() {
+fn a_device_reserved_by_a_crashed_request_is_busy_for_a_while_not_refused() {
     use est_server::registry::Registry;
     let server = Server::start_with(&vending_config(""), None);
     let work = tempfile::tempdir().unwrap();
@@ -138,12 +138,12 @@ fn a_reserved_device_is_busy_for_a_while_not_refused() {
         .unwrap();
     let csr = Csr::new(work.path(), "b", KeyType::P256, "/CN=SN-BUSY", &[]);
     let response = enroll_token(&server, &csr, "SN-BUSY", &token);
-    assert_eq!(response.status, 503, "{}", response.text());
+    assert_eq!(response.status, 409, "{}", response.text());
     assert_eq!(response.header_exact("Retry-After").as_deref(), Some("5"));
     assert!(
         response
             .text()
-            .contains("being enrolled by a concurrent request"),
+            .contains("being enrolled by another request"),
         "{}",
         response.text()
     );

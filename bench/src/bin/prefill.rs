@@ -57,6 +57,8 @@ async fn main() -> anyhow::Result<()> {
                 predecessor: None,
                 device_id: None,
                 backend_ref: None,
+                owner: None,
+                lineage: None,
                 der: vec![0x30; 600],
             };
             let result = registry.record_issued(record, None, None, None).await;

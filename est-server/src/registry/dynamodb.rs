@@ -18,8 +18,9 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, Put, ScalarAttributeType, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType,
+    TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -210,6 +211,59 @@ impl DynamoDbRegistry {
 
     /// Runs `steps` as one transaction; a failed condition becomes the
     /// error its step names (`claimed`: the device step was a claim).
+    /// The transaction steps that make `serial` the live certificate of a
+    /// lineage: its head item must be absent, name `supersedes`, or name a
+    /// certificate that is no longer active.
+    async fn lineage_head_steps(
+        &self,
+        owner: &str,
+        lineage: &str,
+        serial: &str,
+        supersedes: Option<&str>,
+    ) -> Result<Vec<(TransactWriteItem, Failure)>, RegistryError> {
+        let pk = lineage_pk(owner, lineage);
+        let head = self
+            .get(pk.clone())
+            .await?
+            .and_then(|item| opt_s(&item, "serial"));
+        let mut steps = Vec::new();
+        let mut put = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(&pk))
+            .item("serial", s(serial));
+        match head {
+            None => put = put.condition_expression("attribute_not_exists(pk)"),
+            Some(current) => {
+                if Some(current.as_str()) != supersedes {
+                    // The head names another certificate: allowed only when
+                    // that one is no longer active, checked in the transaction.
+                    let check = ConditionCheck::builder()
+                        .table_name(&self.table)
+                        .key("pk", s(format!("cert#{current}")))
+                        .condition_expression("#st <> :active")
+                        .expression_attribute_names("#st", "state")
+                        .expression_attribute_values(":active", s("active"))
+                        .build()
+                        .map_err(build)?;
+                    steps.push((
+                        TransactWriteItem::builder().condition_check(check).build(),
+                        Failure::Lineage,
+                    ));
+                }
+                put = put
+                    .condition_expression("serial = :head")
+                    .expression_attribute_values(":head", s(&current));
+            }
+        }
+        steps.push((
+            TransactWriteItem::builder()
+                .put(put.build().map_err(build)?)
+                .build(),
+            Failure::Lineage,
+        ));
+        Ok(steps)
+    }
+
     async fn transact(
         &self,
         steps: Vec<(TransactWriteItem, Failure)>,
@@ -242,6 +296,7 @@ impl DynamoDbRegistry {
                             Failure::Device(device) if claimed => {
                                 RegistryError::ReservationLost(device.clone())
                             }
+                            Failure::Lineage => RegistryError::LineageBusy,
                             _ => RegistryError::Database(format!(
                                 "conditional write failed: {reasons:?}"
                             )),
@@ -292,6 +347,12 @@ impl Registry for DynamoDbRegistry {
                 TransactWriteItem::builder().update(update).build(),
                 Failure::Predecessor(old.clone()),
             ));
+        }
+        if let (Some(owner), Some(lineage)) = (&certificate.owner, &certificate.lineage) {
+            steps.extend(
+                self.lineage_head_steps(owner, lineage, &certificate.serial, supersedes.as_deref())
+                    .await?,
+            );
         }
         if let Some(claim) = &claim {
             device_id = Some(claim.device_id.clone());
@@ -355,6 +416,8 @@ impl Registry for DynamoDbRegistry {
             ("predecessor", &certificate.predecessor),
             ("device_id", &device_id),
             ("backend_ref", &certificate.backend_ref),
+            ("owner", &certificate.owner),
+            ("lineage", &certificate.lineage),
         ] {
             if let Some(value) = value {
                 item.insert(name.into(), s(value));
@@ -397,6 +460,44 @@ impl Registry for DynamoDbRegistry {
             ));
         }
         self.transact(steps, claim.is_some()).await
+    }
+
+    async fn live_in_lineage(
+        &self,
+        owner: &str,
+        lineage: &str,
+    ) -> Result<Option<CertificateRecord>, RegistryError> {
+        let Some(serial) = self
+            .get(lineage_pk(owner, lineage))
+            .await?
+            .and_then(|item| opt_s(&item, "serial"))
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .find_by_serial(&serial)
+            .await?
+            .filter(|record| record.state == CertState::Active))
+    }
+
+    async fn set_device_edge_ca(&self, id: &str, allowed: bool) -> Result<(), RegistryError> {
+        match self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("device#{id}")))
+            .update_expression("SET edge_ca = :allowed")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":allowed", AttributeValue::Bool(allowed))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                Err(RegistryError::NotFound(format!("device {id}")))
+            }
+            Err(e) => Err(sdk("UpdateItem", e)),
+        }
     }
 
     async fn find_by_serial(
@@ -648,6 +749,9 @@ impl Registry for DynamoDbRegistry {
             if let Some(policy) = &device.policy {
                 request = request.item("policy", s(policy));
             }
+            if device.edge_ca {
+                request = request.item("edge_ca", AttributeValue::Bool(true));
+            }
             match request.send().await {
                 Ok(_) => added.push(true),
                 Err(e) if e.code() == Some("ConditionalCheckFailedException") => added.push(false),
@@ -853,6 +957,15 @@ impl Registry for DynamoDbRegistry {
                 failure(),
             ),
         ];
+        if let (Some(owner), Some(lineage)) = (&old.certificate.owner, &old.certificate.lineage) {
+            let head = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(lineage_pk(owner, lineage)))
+                .item("serial", s(predecessor))
+                .build()
+                .map_err(build)?;
+            steps.push((TransactWriteItem::builder().put(head).build(), failure()));
+        }
         if let Some(device) = &old.certificate.device_id {
             let mut update = Update::builder()
                 .table_name(&self.table)
@@ -945,7 +1058,15 @@ fn rotation(item: &Item) -> Rotation {
 enum Failure {
     Predecessor(String),
     Device(String),
+    Lineage,
     Other,
+}
+
+/// The key of a lineage's head item, which names its live certificate
+/// (`serial`): DynamoDB's way of keeping one live certificate per lineage
+/// across servers, as SQLite's unique partial index does.
+fn lineage_pk(owner: &str, lineage: &str) -> String {
+    format!("lineage#{owner}#{lineage}")
 }
 
 fn s(value: impl Into<String>) -> AttributeValue {
@@ -980,6 +1101,8 @@ fn record(item: &Item) -> CertificateRecord {
             predecessor: opt_s(item, "predecessor"),
             device_id: opt_s(item, "device_id"),
             backend_ref: opt_s(item, "backend_ref"),
+            owner: opt_s(item, "owner"),
+            lineage: opt_s(item, "lineage"),
             der: item
                 .get("der")
                 .and_then(|v| v.as_b().ok())
@@ -1014,6 +1137,7 @@ fn device(item: &Item) -> Device {
             label: opt_s(item, "label").unwrap_or_default(),
             thing_name: opt_s(item, "thing_name"),
             policy: opt_s(item, "policy"),
+            edge_ca: item.get("edge_ca").and_then(|v| v.as_bool().ok()) == Some(&true),
         },
         state: DeviceState::parse(&opt_s(item, "state").unwrap_or_default()),
         created_at: opt_n(item, "created_at").unwrap_or(0),

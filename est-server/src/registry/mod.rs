@@ -78,6 +78,12 @@ pub struct NewCertificate {
     pub device_id: Option<String>,
     /// The CA backend's id for it (AWS certificate id), if any.
     pub backend_ref: Option<String>,
+    /// The identity it belongs to (`device:<id>`, `cert:<serial>`; see
+    /// `authority::lineage`); `None` for certificates recorded before lineages.
+    pub owner: Option<String>,
+    /// Its lineage key (`authority::lineage::lineage_key`); `None` for
+    /// certificates recorded before lineages.
+    pub lineage: Option<String>,
     /// The certificate.
     pub der: Vec<u8>,
 }
@@ -263,6 +269,10 @@ pub enum RegistryError {
     /// The reservation was lost (expired and taken over) before completion.
     #[error("the enrollment reservation of device {0} was lost")]
     ReservationLost(String),
+    /// Another certificate became the live one of this lineage first (a
+    /// concurrent request for the same kind of certificate).
+    #[error("another certificate of the same lineage was recorded first")]
+    LineageBusy,
     /// No such row.
     #[error("{0} not found")]
     NotFound(String),
@@ -324,6 +334,9 @@ pub struct NewDevice {
     pub thing_name: Option<String>,
     /// AWS IoT policy for this device, overriding the label's.
     pub policy: Option<String>,
+    /// The device may obtain subordinate CA certificates (an Azure IoT Edge
+    /// Edge CA) on labels that issue them (`devices add --edge-ca`).
+    pub edge_ca: bool,
 }
 
 /// A device as recorded.
@@ -365,7 +378,10 @@ pub struct DeviceClaim {
 /// The operations the server and the operator CLI need from a store.
 #[async_trait::async_trait]
 pub trait Registry: Send + Sync {
-    /// Records a new certificate. With `supersedes`, that certificate must still
+    /// Records a new certificate, which becomes the live certificate of its
+    /// lineage (`certificate.owner` + `certificate.lineage`, when set): with
+    /// `supersedes`, no other certificate may be live in it; without, none at
+    /// all (else [`RegistryError::LineageBusy`]). With `supersedes`, that certificate must still
     /// be active and becomes superseded (and the successor inherits its device);
     /// with `pending_id`, that request is marked issued; with `claim`, the
     /// device must still be reserved by the claim's owner and becomes enrolled.
@@ -392,6 +408,16 @@ pub trait Registry: Send + Sync {
             .await?
             .filter(|record| record.certificate.fingerprint == fingerprint))
     }
+
+    /// The active certificate of `owner` whose lineage key is `lineage`, if any.
+    async fn live_in_lineage(
+        &self,
+        owner: &str,
+        lineage: &str,
+    ) -> Result<Option<CertificateRecord>, RegistryError>;
+
+    /// Sets whether a device may obtain subordinate CA certificates.
+    async fn set_device_edge_ca(&self, id: &str, allowed: bool) -> Result<(), RegistryError>;
 
     /// The certificate with this serial (lower-case hex).
     async fn find_by_serial(

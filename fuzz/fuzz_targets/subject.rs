@@ -1,0 +1,3 @@
+//! Fuzz target: see `est_server::fuzzing::subject`.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| est_server::fuzzing::subject(data));
