@@ -91,6 +91,38 @@ impl AwsIotBackend {
         Ok(())
     }
 
+    /// `DescribeCertificate`: the certificate with this id and its status
+    /// (`ACTIVE`, `INACTIVE`, …), or `None` when AWS IoT has no such certificate.
+    pub async fn describe(
+        &self,
+        certificate_id: &str,
+    ) -> Result<Option<(IssuedCertificate, String)>, CaError> {
+        let described = match self
+            .client
+            .describe_certificate()
+            .certificate_id(certificate_id)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.code() == Some("ResourceNotFoundException") => return Ok(None),
+            Err(e) => return Err(map_err("DescribeCertificate", e)),
+        };
+        let Some(description) = described.certificate_description() else {
+            return Ok(None);
+        };
+        let issued = issued_from_pem(
+            description.certificate_pem().unwrap_or_default(),
+            certificate_id,
+            description.certificate_arn().unwrap_or_default(),
+        )?;
+        let status = description
+            .status()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default();
+        Ok(Some((issued, status)))
+    }
+
     async fn bind(&self, certificate_arn: &str, binding: &Binding) -> Result<(), CaError> {
         fault_injection("after-create")?;
         match self
@@ -154,7 +186,7 @@ impl CaBackend for AwsIotBackend {
         let arn = created.certificate_arn().unwrap_or_default().to_owned();
         let pem = created.certificate_pem().unwrap_or_default().to_owned();
         self.bind_or_discard(&id, &arn, &binding).await?;
-        match issued_from_pem(&pem, &id) {
+        match issued_from_pem(&pem, &id, &arn) {
             Ok(issued) => Ok(issued),
             Err(e) => {
                 let _ = self.retire(&id, Some(&binding)).await;
@@ -179,7 +211,7 @@ impl CaBackend for AwsIotBackend {
         let arn = created.certificate_arn().unwrap_or_default().to_owned();
         self.bind_or_discard(&id, &arn, &binding).await?;
         let result = (|| {
-            let issued = issued_from_pem(created.certificate_pem().unwrap_or_default(), &id)?;
+            let issued = issued_from_pem(created.certificate_pem().unwrap_or_default(), &id, &arn)?;
             let key_pem = Zeroizing::new(
                 created
                     .key_pair()
@@ -285,12 +317,19 @@ fn binding_for(request: &IssueRequest<'_>) -> Result<Binding, CaError> {
     })
 }
 
-fn issued_from_pem(pem: &str, certificate_id: &str) -> Result<IssuedCertificate, CaError> {
+fn issued_from_pem(
+    pem: &str,
+    certificate_id: &str,
+    certificate_arn: &str,
+) -> Result<IssuedCertificate, CaError> {
     let (_, der) = est_wire::pem::decode(pem.as_bytes())
         .map_err(|e| CaError::Internal(format!("AWS certificate PEM: {e}")))?;
     let certificate = Certificate::from_der(&der)
         .map_err(|e| CaError::Internal(format!("AWS certificate: {e}")))?;
-    IssuedCertificate::from_certificate(certificate, Some(certificate_id.to_owned()))
+    let mut issued =
+        IssuedCertificate::from_certificate(certificate, Some(certificate_id.to_owned()))?;
+    issued.backend_arn = (!certificate_arn.is_empty()).then(|| certificate_arn.to_owned());
+    Ok(issued)
 }
 
 /// Maps an SDK error: throttling and server faults are "unavailable" (503),

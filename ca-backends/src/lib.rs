@@ -64,6 +64,8 @@ pub struct IssuedCertificate {
     pub not_after: SystemTime,
     /// A backend-specific handle (an AWS certificate id, say), if any.
     pub backend_ref: Option<String>,
+    /// The backend's resource name for it (an AWS certificate ARN), if any.
+    pub backend_arn: Option<String>,
 }
 
 impl IssuedCertificate {
@@ -91,6 +93,7 @@ impl IssuedCertificate {
             certificate,
             der,
             backend_ref,
+            backend_arn: None,
         })
     }
 }

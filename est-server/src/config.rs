@@ -192,13 +192,27 @@ pub enum BackendKind {
     AwsIot,
 }
 
-/// `POST /cvm/v1/certificates`: `{"serial", "token", "csr"?}` in, PEMs out.
+/// The vending-machine façades: `POST /cvm/v1/certificates` (`{"serial",
+/// "token", "csr"?}` in, PEMs out) and the AWS reference vending machine's
+/// `GET`/`POST <getcert_path>?serialNumber=…&deviceToken=…`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CvmConfig {
     /// Whose rules apply (`""` for the unlabelled path). It must allow `device-token`.
     #[serde(default)]
     pub label: String,
+    /// Path of the reference vending machine's API, with any API Gateway
+    /// stage prefix (`/Prod/getcert`).
+    #[serde(default = "default_getcert_path")]
+    pub getcert_path: String,
+    /// PEM file answered as `RootCA` (e.g. Amazon Root CA 1 on AWS labels;
+    /// default: the root of the label's CA chain).
+    #[serde(default)]
+    pub root_ca: Option<PathBuf>,
+}
+
+fn default_getcert_path() -> String {
+    "/getcert".into()
 }
 
 /// TLS settings.
@@ -566,6 +580,11 @@ impl Config {
                 }
             }
         }
+        if let Some(path) = self.cvm.as_mut().and_then(|c| c.root_ca.as_mut()) {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
         self.data_dir = Some(base.to_path_buf());
     }
 
@@ -670,6 +689,21 @@ impl Config {
                     bail!("cvm.label: label `{}` must allow device-token", cvm.label)
                 }
                 Some(_) => {}
+            }
+            let path = &cvm.getcert_path;
+            let reserved =
+                path.starts_with("/.well-known/") || path == "/crl" || path.starts_with("/cvm/");
+            if !path.starts_with('/')
+                || path.len() > 256
+                || reserved
+                || !path
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
+            {
+                bail!(
+                    "cvm.getcert_path: `{path}` must start with `/`, hold only A-Z a-z 0-9 / - _ . \
+                     and not be an EST, CRL or /cvm/ path"
+                );
             }
         }
         if self.limits.max_body_bytes < 1024 {
@@ -891,6 +925,25 @@ mod tests {
             .unwrap_err()
         );
         assert!(err.contains("users[0].password_hash"), "{err}");
+    }
+
+    #[test]
+    fn getcert_path_is_checked() {
+        let with =
+            |cvm: &str| load_str(&format!("{MINIMAL}auth = [\"device-token\"]\n[cvm]\n{cvm}"));
+        let config = with("").unwrap();
+        assert_eq!(config.cvm.unwrap().getcert_path, "/getcert");
+        let config = with("getcert_path = \"/Prod/getcert\"\nroot_ca = \"r.pem\"\n").unwrap();
+        let cvm = config.cvm.unwrap();
+        assert_eq!(cvm.getcert_path, "/Prod/getcert");
+        assert!(cvm.root_ca.unwrap().is_absolute());
+        for bad in ["getcert", "/.well-known/est/x", "/a?b", "/crl"] {
+            let err = format!(
+                "{:#}",
+                with(&format!("getcert_path = \"{bad}\"\n")).unwrap_err()
+            );
+            assert!(err.contains("cvm.getcert_path"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -109,6 +109,8 @@ pub struct Enrolled {
     pub serial: String,
     /// The backend's id for it (AWS certificate id), or its SHA-256 fingerprint.
     pub certificate_id: String,
+    /// The backend's resource name (AWS certificate ARN) of a new certificate, if any.
+    pub certificate_arn: Option<String>,
     /// Serial of the certificate it replaces, for renewals.
     pub renewed: Option<String>,
     /// The private key the CA generated (`/serverkeygen` only), PKCS#8 DER.
@@ -409,6 +411,7 @@ impl EnrollService {
                 .backend_ref
                 .clone()
                 .unwrap_or_else(|| est_wire::sha256_hex(&issued.der)),
+            certificate_arn: issued.backend_arn.clone(),
             certificate: issued.certificate,
             serial: issued.serial_hex,
             renewed: predecessor,
@@ -607,6 +610,7 @@ impl EnrollService {
                 .backend_ref
                 .clone()
                 .unwrap_or_else(|| successor.certificate.fingerprint.clone()),
+            certificate_arn: None,
             certificate,
             serial: successor.certificate.serial.clone(),
             renewed: Some(record.certificate.serial.clone()),
@@ -737,6 +741,7 @@ impl EnrollService {
                         .map_err(EstError::internal)?;
                     Ok(Approval::AlreadyIssued(Box::new(Enrolled {
                         certificate_id: record.certificate.fingerprint.clone(),
+                        certificate_arn: None,
                         certificate,
                         serial,
                         renewed: None,

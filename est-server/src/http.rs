@@ -48,8 +48,10 @@ pub struct AppState {
     pub limits: Limits,
     /// Makes hyper spell header names exactly (see [`crate::header_case`]).
     pub header_case: Extensions,
-    /// Label whose rules the JSON façade applies, when it is enabled.
+    /// Label whose rules the JSON façades apply, when they are enabled.
     pub cvm_label: Option<String>,
+    /// The AWS reference vending machine's API, when the façades are enabled.
+    pub getcert: Option<crate::cvm::Getcert>,
     /// The registry (to note that a successor certificate is in use).
     pub registry: Arc<dyn Registry>,
     /// The local CA (for its CRL).
@@ -232,10 +234,12 @@ async fn handle_in_span(
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let method = request.method().clone();
+    // Only the path: the query string may carry a device token
+    // (`/getcert?deviceToken=…`) and is never logged nor used as a label.
     let path = request.uri().path().to_owned();
     let measured = enrollment_metric_labels(state, method.as_str(), &path);
-    let response = if path == CVM_PATH {
-        cvm(state, connection, request, request_id).await
+    let response = if let Some(facade) = facade_at(state, &path) {
+        json_facade(state, connection, request, request_id, facade).await
     } else if path == CRL_PATH && request.method() == hyper::Method::GET {
         match crl(state).await {
             Ok(response) => response,
@@ -276,10 +280,10 @@ fn enrollment_metric_labels<'s>(
     method: &str,
     path: &str,
 ) -> Option<(&'s str, &'static str)> {
-    if path == CVM_PATH {
+    if let Some(facade) = facade_at(state, path) {
         let label = state.cvm_label.as_deref()?;
         let (name, _) = state.labels.get_key_value(label)?;
-        return Some((name.as_str(), "cvm"));
+        return Some((name.as_str(), facade.operation()));
     }
     let route = route(method, path).ok()?;
     let operation = match route.operation {
@@ -406,67 +410,153 @@ pub async fn current_crl(
 /// Path of the JSON façade.
 const CVM_PATH: &str = "/cvm/v1/certificates";
 
-/// The JSON façade: same enrollment service, JSON in and out.
-async fn cvm(
+/// The JSON façades: same enrollment service, JSON in and out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Facade {
+    /// `POST /cvm/v1/certificates`.
+    Cvm,
+    /// The AWS reference vending machine's `GET`/`POST <getcert_path>`.
+    Getcert,
+}
+
+impl Facade {
+    /// The `operation` metric label.
+    fn operation(self) -> &'static str {
+        match self {
+            Self::Cvm => "cvm",
+            Self::Getcert => "getcert",
+        }
+    }
+
+    /// The methods it answers (`Allow`).
+    fn allowed(self) -> &'static str {
+        match self {
+            Self::Cvm => "POST",
+            Self::Getcert => "GET, POST",
+        }
+    }
+}
+
+/// The façade at `path`, if any (`/cvm/v1/certificates` is always routed,
+/// so that a server without `[cvm]` says so).
+fn facade_at(state: &AppState, path: &str) -> Option<Facade> {
+    if path == CVM_PATH {
+        Some(Facade::Cvm)
+    } else if state.getcert.as_ref().is_some_and(|g| g.path == path) {
+        Some(Facade::Getcert)
+    } else {
+        None
+    }
+}
+
+async fn json_facade(
     state: &AppState,
     connection: &Connection,
     request: Request<Incoming>,
     request_id: u64,
+    facade: Facade,
 ) -> Response<Full<Bytes>> {
+    let method_allowed = match facade {
+        Facade::Cvm => request.method() == hyper::Method::POST,
+        Facade::Getcert => {
+            request.method() == hyper::Method::GET || request.method() == hyper::Method::POST
+        }
+    };
+    if !method_allowed {
+        let text = format!(
+            "{} is not allowed here; use {}",
+            request.method(),
+            facade.allowed()
+        );
+        drain(request.into_body()).await;
+        let mut response = json_error(StatusCode::METHOD_NOT_ALLOWED, &text);
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(facade.allowed()));
+        return response;
+    }
     let outcome = async {
         let label = state
             .cvm_label
             .as_ref()
             .and_then(|name| state.labels.get(name))
             .ok_or_else(|| EstError::NotFound("the JSON façade is not enabled".into()))?;
-        if request.method() != hyper::Method::POST {
-            return Err(EstError::BadRequest("use POST".into()));
-        }
         let content_type = request
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if !media::matches(content_type, "application/json") {
+        // The reference API took its JSON body whatever the Content-Type.
+        if facade == Facade::Cvm && !media::matches(content_type, "application/json") {
             return Err(EstError::UnsupportedMediaType(
                 "Content-Type must be application/json".into(),
             ));
         }
+        let query = request.uri().query().map(str::to_owned);
         let body = tokio::time::timeout(
             state.limits.body_timeout,
             read_limited(request.into_body(), state.limits.max_body_bytes),
         )
         .await
         .map_err(|_| EstError::Timeout("the request body did not arrive in time".into()))??;
-        crate::cvm::handle(
-            &state.enroll,
-            label,
-            &body,
-            Some(connection.peer.ip()),
-            connection.channel_binding,
-        )
-        .await
+        let peer = Some(connection.peer.ip());
+        let json = match (facade, &state.getcert) {
+            (Facade::Getcert, Some(getcert)) => serde_json::to_vec(
+                &crate::cvm::handle_getcert(
+                    &state.enroll,
+                    label,
+                    getcert,
+                    query.as_deref(),
+                    &body,
+                    peer,
+                    connection.channel_binding,
+                )
+                .await?,
+            ),
+            _ => serde_json::to_vec(
+                &crate::cvm::handle(
+                    &state.enroll,
+                    label,
+                    &body,
+                    peer,
+                    connection.channel_binding,
+                )
+                .await?,
+            ),
+        };
+        json.map_err(EstError::internal)
     }
     .await;
-    let (status, json) = match outcome {
-        Ok(answer) => (
-            StatusCode::OK,
-            serde_json::to_vec(&answer).unwrap_or_default(),
-        ),
+    match outcome {
+        Ok(json) => {
+            let mut response = Response::new(Full::new(Bytes::from(json)));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
         Err(error) => {
+            // The same status, headers and log line as EST, with a JSON body.
             let text = error_response(state, &error, request_id);
-            let status = text.status();
             let message = if error.is_server_fault() {
                 format!("the server could not complete the request (request id {request_id})")
             } else {
                 error.to_string()
             };
-            (
-                status,
-                serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default(),
-            )
+            let mut response = json_error(text.status(), &message);
+            for name in [RETRY_AFTER, WWW_AUTHENTICATE] {
+                if let Some(value) = text.headers().get(&name) {
+                    response.headers_mut().insert(name, value.clone());
+                }
+            }
+            response
         }
-    };
+    }
+}
+
+/// `{"error": "<message>"}` with `status`.
+fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let json = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
     let mut response = Response::new(Full::new(Bytes::from(json)));
     *response.status_mut() = status;
     response

@@ -14,6 +14,8 @@ pub mod auth;
 pub mod authority;
 pub mod config;
 pub mod cvm;
+#[cfg(feature = "aws")]
+pub mod cvm_import;
 pub mod dev;
 pub mod devices;
 pub mod enroll;

@@ -136,15 +136,24 @@ enum DevicesAction {
         deny: bool,
     },
     /// Register devices from a CSV file (`id[,label[,thing[,policy]]]`); tokens go to a 0600 file.
+    /// Or bring over the AWS certificate vending machine's device table (`--from-cvm-dynamodb`).
     Import {
         /// CSV file.
-        csv: PathBuf,
+        #[arg(required_unless_present = "from_cvm_dynamodb")]
+        csv: Option<PathBuf>,
         /// Where to write `id,token` lines (created 0600; must not exist).
-        #[arg(long)]
-        tokens_out: PathBuf,
-        /// Label for rows that name none.
+        #[arg(long, required_unless_present = "from_cvm_dynamodb")]
+        tokens_out: Option<PathBuf>,
+        /// Label for rows that name none (the vending machine's devices: all of them).
         #[arg(long, default_value = "")]
         label: String,
+        /// The reference vending machine's DynamoDB table (e.g. `deviceInfo`;
+        /// endpoint and region from `[aws]`): its tokens stay valid, hashed.
+        #[arg(long, conflicts_with_all = ["csv", "tokens_out"])]
+        from_cvm_dynamodb: Option<String>,
+        /// With --from-cvm-dynamodb: print what would change, write nothing.
+        #[arg(long, requires = "from_cvm_dynamodb")]
+        dry_run: bool,
     },
     /// List devices.
     List {
@@ -520,10 +529,18 @@ async fn devices(target: Target, action: DevicesAction) -> anyhow::Result<()> {
             );
         }
         DevicesAction::Import {
-            csv,
-            tokens_out,
+            from_cvm_dynamodb: Some(table),
             label,
+            dry_run,
+            ..
+        } => import_cvm(&target, &*registry, &table, &label, dry_run).await?,
+        DevicesAction::Import {
+            csv: Some(csv),
+            tokens_out: Some(tokens_out),
+            label,
+            ..
         } => import(&*registry, &csv, &tokens_out, &label).await?,
+        DevicesAction::Import { .. } => anyhow::bail!("give a CSV file and --tokens-out"),
         DevicesAction::List { limit, after } => {
             for d in registry.list_devices(after, limit).await? {
                 println!(
@@ -696,6 +713,54 @@ async fn import(
         tokens_out.display()
     );
     Ok(())
+}
+
+/// `devices import --from-cvm-dynamodb`: the reference vending machine's table.
+#[cfg(feature = "aws")]
+async fn import_cvm(
+    target: &Target,
+    registry: &dyn Registry,
+    table: &str,
+    label: &str,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let config = target.config()?;
+    let sdk = est_server::server::aws_sdk_config(&config).await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let iot = ca_backends::aws::AwsIotBackend::new(ca_backends::aws::AwsIotOptions {
+        region: config.aws.region.clone(),
+        endpoint_url: config.aws.endpoint_url.clone(),
+        max_attempts: config.aws.max_attempts,
+        operation_timeout: config.aws.operation_timeout,
+        ..Default::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let items = est_server::cvm_import::scan(&dynamodb, table).await?;
+    eprintln!(
+        "scanned {} items of {table} in {:.1}s",
+        items.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let report = est_server::cvm_import::import(registry, &iot, items, label, dry_run).await?;
+    for skipped in &report.skipped {
+        eprintln!("skipped {skipped}");
+    }
+    println!(
+        "{}{} devices added with unused tokens, {} added as enrolled, {} already imported, {} skipped ({:.1}s)",
+        if dry_run { "dry run, nothing written: " } else { "" },
+        report.added,
+        report.enrolled,
+        report.unchanged,
+        report.skipped.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "aws"))]
+async fn import_cvm(_: &Target, _: &dyn Registry, _: &str, _: &str, _: bool) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no DynamoDB support")
 }
 
 async fn audit(target: Target, window: std::time::Duration, json: bool) -> anyhow::Result<()> {

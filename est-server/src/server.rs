@@ -180,6 +180,7 @@ pub async fn run(
         limits: config.limits.clone(),
         header_case,
         cvm_label: config.cvm.as_ref().map(|c| c.label.clone()),
+        getcert: config.cvm.as_ref().map(getcert).transpose()?,
         registry: registry.clone(),
         local_ca: ca.clone(),
         next_request_id: std::sync::atomic::AtomicU64::new(1),
@@ -351,4 +352,29 @@ async fn aws_backend(config: &Config, label: &LabelConfig) -> anyhow::Result<Arc
 #[cfg(not(feature = "aws"))]
 async fn aws_backend(_: &Config, _: &LabelConfig) -> anyhow::Result<Arc<dyn CaBackend>> {
     anyhow::bail!("this build has no AWS support")
+}
+
+/// The reference vending machine's API as configured, its `RootCA` read once.
+fn getcert(cvm: &crate::config::CvmConfig) -> anyhow::Result<crate::cvm::Getcert> {
+    let root_ca = match &cvm.root_ca {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).with_context(|| format!("cvm.root_ca {}", path.display()))?;
+            let certificates = est_wire::pem::certificates_from_pem(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .with_context(|| format!("cvm.root_ca {}: not PEM certificates", path.display()))?;
+            Some(
+                certificates
+                    .iter()
+                    .map(est_wire::pem::certificate_to_pem)
+                    .collect(),
+            )
+        }
+        None => None,
+    };
+    Ok(crate::cvm::Getcert {
+        path: cvm.getcert_path.clone(),
+        root_ca,
+    })
 }

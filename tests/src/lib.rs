@@ -7,6 +7,7 @@
 
 pub mod device;
 pub mod mosquitto;
+pub mod net;
 pub mod raw;
 
 pub use device::*;
