@@ -1,21 +1,23 @@
-//! A minimal HTTPS/1.1 client on one kept-alive connection from a chosen
-//! loopback source address (127.0.x.y), for tests that need many distinct
-//! client addresses or request timings without a process start each.
+//! A blocking HTTPS/1.1 client on one kept-alive connection from a chosen
+//! loopback source address (127.0.x.y), over the async helpers of
+//! [`crate::net`], for tests that run many clients on plain threads or time
+//! single requests.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
+use crate::net;
 use crate::Server;
-
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// One TLS connection to a test server, trusting its CA.
 pub struct RawClient {
-    reader: BufReader<Tls>,
+    runtime: tokio::runtime::Runtime,
+    stream: TlsStream<TcpStream>,
 }
 
 /// A response read by [`RawClient::post`].
@@ -23,7 +25,7 @@ pub struct RawClient {
 pub struct RawResponse {
     /// Status code.
     pub status: u16,
-    /// Header lines, as received.
+    /// The response head, as received.
     pub headers: String,
     /// Body, as text.
     pub body: String,
@@ -35,26 +37,19 @@ impl RawClient {
     /// Connects from `source` (any 127.0.0.0/8 address works on Linux
     /// loopback) and completes the TLS handshake.
     pub fn connect(server: &Server, source: IpAddr) -> Self {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        socket
-            .bind(&SocketAddr::new(source, 0).into())
-            .unwrap_or_else(|e| panic!("bind {source}: {e}"));
-        let target: SocketAddr = server.addr.parse().unwrap();
-        socket.connect(&target.into()).expect("connect");
-        let tcp: TcpStream = socket.into();
-        tcp.set_read_timeout(Some(Duration::from_secs(120)))
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
             .unwrap();
-        let connection =
-            rustls::ClientConnection::new(client_config(server), "localhost".try_into().unwrap())
-                .unwrap();
-        let mut tls = rustls::StreamOwned::new(connection, tcp);
-        while tls.conn.is_handshaking() {
-            tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
-        }
-        Self {
-            reader: BufReader::new(tls),
-        }
+        let stream = runtime
+            .block_on(net::tls_from(
+                &net::connector(server),
+                &source.to_string(),
+                &server.addr,
+                false,
+            ))
+            .unwrap_or_else(|e| panic!("connect from {source}: {e}"));
+        Self { runtime, stream }
     }
 
     /// POSTs `body` as `application/pkcs10` to `path` with Basic `user:password`.
@@ -67,57 +62,20 @@ impl RawClient {
         )
         .into_bytes();
         request.extend_from_slice(body);
-        let stream = self.reader.get_mut();
-        stream.write_all(&request).expect("send request");
-        stream.flush().unwrap();
-        let sent = Instant::now();
-        let mut status_line = String::new();
-        self.reader
-            .read_line(&mut status_line)
-            .expect("status line");
-        let status = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .unwrap_or_else(|| panic!("no status in {status_line:?}"));
-        let mut headers = String::new();
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).expect("header line");
-            if line.trim().is_empty() {
-                break;
+        let stream = &mut self.stream;
+        self.runtime.block_on(async {
+            stream.write_all(&request).await.expect("send request");
+            stream.flush().await.unwrap();
+            let sent = Instant::now();
+            let (head, body) = net::read_response_with_body(stream)
+                .await
+                .expect("a whole response");
+            RawResponse {
+                status: net::status_of(&head),
+                headers: head,
+                body: String::from_utf8_lossy(&body).into_owned(),
+                elapsed: sent.elapsed(),
             }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap();
-                }
-            }
-            headers.push_str(&line);
-        }
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body).expect("body");
-        RawResponse {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-            elapsed: sent.elapsed(),
-        }
+        })
     }
-}
-
-fn client_config(server: &Server) -> Arc<rustls::ClientConfig> {
-    let pem = std::fs::read(server.ca_pem()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(certificate.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
 }
