@@ -146,8 +146,10 @@ impl Users {
         let users = self.clone();
         self.check(peer, move |session| {
             // Concurrent requests with the same credentials wait for their
-            // turns; the first one's success serves the others.
+            // turns; the first one's success serves the others, whose turns
+            // are not held against their address.
             if users.recently_verified(&fingerprint) {
+                session.unused();
                 return true;
             }
             let (hash, known) = match users.hashes.get(&credentials.user) {

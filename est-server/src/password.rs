@@ -81,6 +81,7 @@ impl PasswordChecker {
                 scheduler.usage(client).count();
                 return Session {
                     blocks,
+                    client,
                     home: Some(self.scheduler.clone()),
                 };
             }
@@ -156,15 +157,19 @@ impl Scheduler {
         self.clients.entry(client).or_default()
     }
 
-    /// The next waiter to serve: the least-served address's oldest waiter.
-    fn next_waiter(&mut self) -> Option<oneshot::Sender<Session>> {
+    /// The next waiter to serve and its address: the least-served
+    /// address's oldest waiter.
+    fn next_waiter(&mut self) -> Option<(Option<IpAddr>, oneshot::Sender<Session>)> {
         let client = *self.queued.iter().min_by_key(|client| {
             let c = &self.clients[*client];
             (c.recent(), c.waiters.front().map_or(u64::MAX, |w| w.0))
         })?;
         let usage = self.clients.get_mut(&client)?;
         usage.count();
-        let waiter = usage.waiters.pop_front().map(|(_, sender)| sender);
+        let waiter = usage
+            .waiters
+            .pop_front()
+            .map(|(_, sender)| (client, sender));
         if usage.waiters.is_empty() {
             self.queued.remove(&client);
         }
@@ -175,10 +180,10 @@ impl Scheduler {
 /// Passes a buffer to the next waiter that still waits, or frees it.
 fn release(home: &Arc<Mutex<Scheduler>>, mut blocks: Vec<Block>) {
     loop {
-        let waiter = {
+        let (client, waiter) = {
             let mut scheduler = lock(home);
             match scheduler.next_waiter() {
-                Some(waiter) => waiter,
+                Some(next) => next,
                 None => {
                     scheduler.free.push(blocks);
                     return;
@@ -189,6 +194,7 @@ fn release(home: &Arc<Mutex<Scheduler>>, mut blocks: Vec<Block>) {
         // here without running its `Drop`.
         match waiter.send(Session {
             blocks,
+            client,
             home: Some(home.clone()),
         }) {
             Ok(()) => return,
@@ -203,6 +209,7 @@ fn release(home: &Arc<Mutex<Scheduler>>, mut blocks: Vec<Block>) {
 /// The use of one of the checker's buffers; dropping it hands the buffer on.
 pub struct Session {
     blocks: Vec<Block>,
+    client: Option<IpAddr>,
     home: Option<Arc<Mutex<Scheduler>>>,
 }
 
@@ -215,6 +222,17 @@ impl Drop for Session {
 }
 
 impl Session {
+    /// Takes back the turn this session was counted as, when it ran no
+    /// check after all (what it waited for was settled meanwhile, e.g. the
+    /// same credentials verified by another request).
+    pub fn unused(&mut self) {
+        if let Some(home) = &self.home {
+            if let Some(usage) = lock(home).clients.get_mut(&self.client) {
+                usage.served = usage.served.saturating_sub(1);
+            }
+        }
+    }
+
     /// Whether `password` matches `phc` (an argon2 PHC string). Malformed or
     /// oversized hashes never match.
     pub fn verify(&mut self, password: &[u8], phc: &str) -> bool {
@@ -328,6 +346,31 @@ mod tests {
         late.await.unwrap();
         fresh.await.unwrap();
         assert_eq!(served.lock().unwrap()[4..], [3, 1]);
+    }
+
+    #[tokio::test]
+    async fn an_unused_turn_is_not_held_against_the_address() {
+        let checker = Arc::new(PasswordChecker::new(1));
+        checker.session(address(1)).await.unused();
+        let held = checker.session(address(9)).await;
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for client in [1, 2] {
+            waiters.push(tokio::spawn({
+                let (checker, served) = (checker.clone(), served.clone());
+                async move {
+                    let _session = checker.session(address(client)).await;
+                    served.lock().unwrap().push(client);
+                }
+            }));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(held);
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        // .1 is even with .2 again, and queued first.
+        assert_eq!(*served.lock().unwrap(), [1, 2]);
     }
 
     #[tokio::test]
