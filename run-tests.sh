@@ -12,9 +12,17 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v prlimit >/dev/null || need_apt+=(util-linux)
 # The MQTT broker for the rotation tests (tests/src/mosquitto.rs starts its own instance).
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || need_apt+=(mosquitto)
+# The PostgreSQL registry tests start a private cluster with initdb + pg_ctl
+# (tests/src/postgres.rs); no system service is used.
+command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+# initdb refuses to run as root: the test clusters run as `postgres` (made by
+# the Debian package) or else a dedicated `estpg` user.
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1 && ! id estpg >/dev/null 2>&1; then
+  useradd --system --no-create-home estpg
 fi
 # The AWS emulator for the AWS IoT backend tests (PyPI moto[server], with boto3).
 if ! python3 -c "import moto, boto3, cryptography" 2>/dev/null; then

@@ -517,7 +517,7 @@ impl Authenticator {
             .registry
             .device(&basic.user)
             .await
-            .map_err(EstError::internal)?
+            .map_err(EstError::from)?
         else {
             self.users.decoy(basic.password, peer).await;
             return Err(wrong());
@@ -623,7 +623,7 @@ impl Authenticator {
             .registry
             .find_presented(&certificate.serial, &certificate.fingerprint)
             .await
-            .map_err(EstError::internal)?;
+            .map_err(EstError::from)?;
         if let Some(device_id) = record
             .as_ref()
             .and_then(|r| r.certificate.device_id.clone())
@@ -632,7 +632,7 @@ impl Authenticator {
                 .registry
                 .device(&device_id)
                 .await
-                .map_err(EstError::internal)?;
+                .map_err(EstError::from)?;
             if device.is_some_and(|d| d.state == DeviceState::Disabled) {
                 return Ok(CertificateKind::Retired(format!(
                     "device {device_id} is disabled"

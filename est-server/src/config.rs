@@ -270,7 +270,8 @@ pub const DEVICE_CA: &str = "device";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
-    /// `sqlite` (embedded default) or `dynamodb` (several servers sharing state).
+    /// `sqlite` (embedded default), `dynamodb` or `postgres` (several servers
+    /// sharing state).
     #[serde(default)]
     pub kind: RegistryKind,
     /// SQLite file.
@@ -279,6 +280,34 @@ pub struct RegistryConfig {
     /// DynamoDB table (`est-server registry create-table` makes it).
     #[serde(default = "default_table")]
     pub table: String,
+    // PostgreSQL (`kind = "postgres"`): a `url` (`postgres://user@host:port/dbname`)
+    // or the discrete fields; the password never goes in the file itself.
+    /// Connection URL or `key=value` string (without a password).
+    pub url: Option<String>,
+    /// Host name, IP address or Unix socket directory.
+    pub host: Option<String>,
+    /// Port (default 5432).
+    pub port: Option<u16>,
+    /// Database user.
+    pub user: Option<String>,
+    /// Database name.
+    pub dbname: Option<String>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// File holding the password (one line).
+    pub password_file: Option<PathBuf>,
+    /// CA certificates (PEM) of the database server: TLS is required and the
+    /// server's certificate verified against them.
+    pub ca_file: Option<PathBuf>,
+    /// Most open connections per server.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Longest one statement may run.
+    #[serde(default = "default_db_timeout", with = "duration_text")]
+    pub statement_timeout: Duration,
+    /// Longest connecting or waiting for a free connection may take.
+    #[serde(default = "default_db_timeout", with = "duration_text")]
+    pub connect_timeout: Duration,
 }
 
 impl Default for RegistryConfig {
@@ -287,6 +316,17 @@ impl Default for RegistryConfig {
             kind: RegistryKind::default(),
             path: default_registry_path(),
             table: default_table(),
+            url: None,
+            host: None,
+            port: None,
+            user: None,
+            dbname: None,
+            password_env: None,
+            password_file: None,
+            ca_file: None,
+            pool_size: default_pool_size(),
+            statement_timeout: default_db_timeout(),
+            connect_timeout: default_db_timeout(),
         }
     }
 }
@@ -300,6 +340,16 @@ pub enum RegistryKind {
     Sqlite,
     /// One DynamoDB table, shared by several servers (uses `[aws]`).
     Dynamodb,
+    /// One PostgreSQL database, shared by several servers.
+    Postgres,
+}
+
+fn default_pool_size() -> usize {
+    16
+}
+
+fn default_db_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_table() -> String {
@@ -554,6 +604,8 @@ impl Config {
         resolve(&mut self.ca.dir);
         self.cas.values_mut().for_each(|ca| resolve(&mut ca.dir));
         resolve(&mut self.registry.path);
+        self.registry.ca_file.iter_mut().for_each(resolve);
+        self.registry.password_file.iter_mut().for_each(resolve);
         let resolve_label = |label: &mut LabelConfig| {
             for path in [&mut label.ca_bundle, &mut label.client_ca]
                 .into_iter()

@@ -393,7 +393,7 @@ impl EnrollService {
                 RegistryError::ReservationLost(device) => EstError::Forbidden(format!(
                     "the enrollment of device {device} took too long and was taken over; retry"
                 )),
-                other => EstError::internal(other),
+                other => other.into(),
             });
         }
         tracing::info!(
@@ -438,7 +438,7 @@ impl EnrollService {
             .registry
             .live_in_lineage(owner, lineage_key)
             .await
-            .map_err(EstError::internal)?
+            .map_err(EstError::from)?
         {
             return Ok(Some(live));
         }
@@ -449,7 +449,7 @@ impl EnrollService {
             .registry
             .device_certificates(device)
             .await
-            .map_err(EstError::internal)?
+            .map_err(EstError::from)?
         {
             if record.state != CertState::Active || record.certificate.lineage.is_some() {
                 continue;
@@ -475,7 +475,7 @@ impl EnrollService {
     /// what it is entitled to.
     async fn identity(&self, principal: &Principal, label: &Label) -> Result<Facts, EstError> {
         let device =
-            |id: String| async move { self.registry.device(&id).await.map_err(EstError::internal) };
+            |id: String| async move { self.registry.device(&id).await.map_err(EstError::from) };
         Ok(match principal {
             Principal::Device { id, .. } => Facts {
                 owner: Some(lineage::device_owner(id)),
@@ -591,7 +591,7 @@ impl EnrollService {
             .registry
             .find_by_serial(successor_serial)
             .await
-            .map_err(EstError::internal)?
+            .map_err(EstError::from)?
             .filter(|s| s.state == CertState::Active)
             .ok_or_else(refused)?;
         let certificate =
@@ -634,7 +634,7 @@ impl EnrollService {
             .registry
             .device(&device_id)
             .await
-            .map_err(EstError::internal)?;
+            .map_err(EstError::from)?;
         Ok(device.map(|d| Binding {
             thing_name: d.device.thing_name.unwrap_or(d.device.id),
             policy: d.device.policy,
@@ -666,7 +666,7 @@ impl EnrollService {
             Err(RegistryError::NotFound(_)) => Err(EstError::Unauthorized(
                 "unknown device or wrong enrollment token".into(),
             )),
-            Err(e) => Err(EstError::internal(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -695,11 +695,7 @@ impl EnrollService {
             retry_after_secs: label.config.retry_after.as_secs().max(1),
             message: message.to_owned(),
         };
-        let existing = self
-            .registry
-            .pending(&id)
-            .await
-            .map_err(EstError::internal)?;
+        let existing = self.registry.pending(&id).await.map_err(EstError::from)?;
         match existing {
             None => {
                 self.registry
@@ -733,7 +729,7 @@ impl EnrollService {
                         .registry
                         .find_by_serial(&serial)
                         .await
-                        .map_err(EstError::internal)?
+                        .map_err(EstError::from)?
                         .ok_or_else(|| {
                             EstError::internal(format!("issued serial {serial} missing"))
                         })?;

@@ -92,6 +92,16 @@ impl From<CaError> for EstError {
     }
 }
 
+impl From<crate::registry::RegistryError> for EstError {
+    /// An unreachable registry is a 503 (retry later), anything else a 500.
+    fn from(e: crate::registry::RegistryError) -> Self {
+        match e {
+            crate::registry::RegistryError::Unavailable(detail) => Self::Unavailable(detail),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<est_wire::csr::CsrError> for EstError {
     fn from(e: est_wire::csr::CsrError) -> Self {
         Self::BadRequest(e.to_string())

@@ -395,7 +395,7 @@ pub async fn current_crl(
     let revoked: Vec<(String, std::time::SystemTime)> = registry
         .local_revocations()
         .await
-        .map_err(EstError::internal)?
+        .map_err(EstError::from)?
         .into_iter()
         .map(|(serial, at)| {
             (

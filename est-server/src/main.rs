@@ -105,6 +105,20 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 enum RegistryAction {
     /// Create the DynamoDB table and its indexes (registry.kind = "dynamodb").
     CreateTable,
+    /// Bring the registry's schema up to this version (the server also does
+    /// at start); prints the schema version before and after.
+    Migrate,
+    /// Copy a SQLite registry into PostgreSQL, row for row (rows already
+    /// there are kept): `--from sqlite:<path> --to postgres:<url>`.
+    Copy {
+        /// `sqlite:<path>`.
+        #[arg(long)]
+        from: String,
+        /// `postgres:<url>` (`postgres://user@host:port/dbname`); the
+        /// password, if any, from `PGPASSWORD`.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -345,6 +359,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             target,
             action: RegistryAction::CreateTable,
         } => create_table(target).await,
+        Command::Registry {
+            target,
+            action: RegistryAction::Migrate,
+        } => migrate(target).await,
+        Command::Registry {
+            action: RegistryAction::Copy { from, to },
+            ..
+        } => copy_registry(&from, &to).await,
         Command::Audit {
             target,
             expiring_within,
@@ -826,6 +848,44 @@ fn state_text(record: &est_server::registry::CertificateRecord) -> String {
     }
 }
 
+async fn copy_registry(from: &str, to: &str) -> anyhow::Result<()> {
+    let source = from
+        .strip_prefix("sqlite:")
+        .context("--from: expected sqlite:<path>")?;
+    let url = to
+        .strip_prefix("postgres:")
+        .context("--to: expected postgres:<url>")?;
+    let mut options = est_server::registry::PostgresOptions::from_url(url)?;
+    if let Ok(password) = std::env::var("PGPASSWORD") {
+        options.config.password(password);
+    }
+    let target = est_server::registry::PostgresRegistry::open(options).await?;
+    for (table, rows) in target.copy_from_sqlite(Path::new(source)).await? {
+        println!("{table:<18} {rows} rows copied");
+    }
+    Ok(())
+}
+
+async fn migrate(target: Target) -> anyhow::Result<()> {
+    use est_server::config::RegistryKind;
+    let config = target.config()?;
+    match config.registry.kind {
+        RegistryKind::Postgres => {
+            let options = est_server::server::postgres_options(&config.registry)?;
+            let (before, after) = est_server::registry::PostgresRegistry::connect(options)?
+                .migrate()
+                .await?;
+            println!("registry schema version {before} -> {after}");
+        }
+        // SQLite migrates when it opens; DynamoDB has no schema to migrate.
+        RegistryKind::Sqlite | RegistryKind::Dynamodb => {
+            est_server::server::open_registry(&config).await?;
+            println!("registry is up to date");
+        }
+    }
+    Ok(())
+}
+
 #[cfg(feature = "aws")]
 async fn create_table(target: Target) -> anyhow::Result<()> {
     let config = target.config()?;
@@ -850,8 +910,7 @@ async fn rotate(
     window: std::time::Duration,
     device: Option<String>,
 ) -> anyhow::Result<()> {
-    use est_server::rotation::{mqtt, Auditor};
-    use rumqttc::{Event, Packet};
+    use est_server::rotation::{confirmed_audit, mqtt};
     let config = target.config()?;
     let rotation = config
         .rotation
@@ -867,58 +926,18 @@ async fn rotate(
     let pair = mqtt::client_pair(&rotation, &ca, &config.ca.dir)?;
     let trust = est_server::server::broker_trust(&rotation, &ca)?;
     let client_id = format!("{}-cli-{}", rotation.client_id, std::process::id());
-    let (client, mut events) = mqtt::connect(&rotation, &client_id, true, &trust, &pair)?;
-    // Drive the connection until it is up.
-    let connected = tokio::time::timeout(std::time::Duration::from_secs(15), async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(anyhow::anyhow!("MQTT broker {}: {e}", rotation.broker)),
-            }
-        }
-    });
-    connected
-        .await
-        .context("MQTT broker did not answer within 15 s")??;
-    let topics = est_wire::rotation::Topics::new(&rotation.topic_prefix);
-    let auditor = Auditor {
-        registry: &*registry,
-        client: &client,
-        topics: &topics,
-        config: &rotation,
-        locks: None,
-    };
-    // Publishing queues into the event loop, so poll it while auditing.
-    let audit = auditor.audit(window, device.as_deref());
-    tokio::pin!(audit);
-    let mut acked = 0usize;
-    let report = loop {
-        tokio::select! {
-            report = &mut audit => break report?,
-            event = events.poll() => {
-                if let Ok(Event::Incoming(Packet::PubAck(_))) = event {
-                    acked += 1;
-                } else if let Err(e) = event {
-                    anyhow::bail!("MQTT broker {}: {e}", rotation.broker);
-                }
-            }
-        }
-    };
-    let delivered = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        while acked < report.requested.len() {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-                Ok(_) => {}
-                Err(e) => return Err(anyhow::anyhow!("MQTT broker {}: {e}", rotation.broker)),
-            }
-        }
-        Ok(())
-    });
-    delivered
-        .await
-        .context("the broker did not confirm every csr_req within 30 s")??;
-    let _ = client.disconnect().await;
+    let outcome = confirmed_audit(
+        &*registry,
+        &rotation,
+        &client_id,
+        &trust,
+        &pair,
+        None,
+        window,
+        device.as_deref(),
+    )
+    .await?;
+    let report = outcome.report;
     for id in &report.requested {
         println!("requested  {id}");
     }
@@ -930,6 +949,12 @@ async fn rotate(
         report.without_client_id,
         report.expired
     );
+    if !outcome.unconfirmed.is_empty() {
+        anyhow::bail!(
+            "the broker did not confirm the csr_req of {} devices (not counted; run again)",
+            outcome.unconfirmed.len()
+        );
+    }
     Ok(())
 }
 

@@ -77,7 +77,67 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Arc<dyn Registry>>
                 .with_context(|| format!("registry {}", config.registry.path.display()))?,
         )),
         RegistryKind::Dynamodb => dynamodb_registry(config).await,
+        RegistryKind::Postgres => Ok(Arc::new(
+            crate::registry::PostgresRegistry::open(postgres_options(&config.registry)?)
+                .await
+                .context("PostgreSQL registry")?,
+        )),
     }
+}
+
+/// The PostgreSQL connection `[registry]` describes. The password comes from
+/// `password_env` or `password_file` and is never logged (tokio-postgres
+/// redacts it from its `Debug` output too).
+pub fn postgres_options(
+    registry: &crate::config::RegistryConfig,
+) -> anyhow::Result<crate::registry::PostgresOptions> {
+    let mut pg = match &registry.url {
+        Some(url) => url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| anyhow::anyhow!("registry.url: {e}"))?,
+        None => tokio_postgres::Config::new(),
+    };
+    if let Some(host) = &registry.host {
+        pg.host(host);
+    }
+    if let Some(port) = registry.port {
+        pg.port(port);
+    }
+    if let Some(user) = &registry.user {
+        pg.user(user);
+    }
+    if let Some(dbname) = &registry.dbname {
+        pg.dbname(dbname);
+    }
+    if let Some(name) = &registry.password_env {
+        let password = std::env::var(name)
+            .with_context(|| format!("registry.password_env: variable {name} is not set"))?;
+        pg.password(password.trim_end_matches(['\r', '\n']));
+    } else if let Some(path) = &registry.password_file {
+        let password = std::fs::read_to_string(path)
+            .with_context(|| format!("registry.password_file {}", path.display()))?;
+        pg.password(password.trim_end_matches(['\r', '\n']));
+    }
+    if pg.get_hosts().is_empty() {
+        anyhow::bail!("registry: kind = \"postgres\" needs `url` or `host`");
+    }
+    let ca_pem = match &registry.ca_file {
+        Some(path) => {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            Some(
+                std::fs::read(path)
+                    .with_context(|| format!("registry.ca_file {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    Ok(crate::registry::PostgresOptions {
+        config: pg,
+        ca_pem,
+        pool_size: registry.pool_size,
+        statement_timeout: registry.statement_timeout,
+        connect_timeout: registry.connect_timeout,
+    })
 }
 
 /// The SDK configuration for `[aws]` (region, endpoint, retries, timeouts).

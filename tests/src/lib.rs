@@ -8,10 +8,12 @@
 pub mod device;
 pub mod mosquitto;
 pub mod net;
+pub mod postgres;
 pub mod raw;
 
 pub use device::*;
 pub use mosquitto::Mosquitto;
+pub use postgres::Postgres;
 pub use raw::RawClient;
 
 use std::io::{BufRead, BufReader, Read, Write};

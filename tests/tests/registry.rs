@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
-use est_e2e::Moto;
+use est_e2e::{Moto, Postgres};
 use est_server::registry::*;
 
-fn cert(serial: &str, predecessor: Option<&str>) -> NewCertificate {
+fn cert(label: &str, serial: &str, predecessor: Option<&str>) -> NewCertificate {
     NewCertificate {
         serial: serial.into(),
         fingerprint: format!("fp-{serial}"),
-        label: "lbl".into(),
+        label: label.into(),
         subject: format!("CN=dev-{serial}"),
         san: String::new(),
         not_before: 0,
@@ -27,11 +27,11 @@ fn cert(serial: &str, predecessor: Option<&str>) -> NewCertificate {
     }
 }
 
-fn device(id: &str, hash: &str) -> NewDevice {
+fn device(label: &str, id: &str, hash: &str) -> NewDevice {
     NewDevice {
         id: id.into(),
         token_hash: hash.into(),
-        label: "lbl".into(),
+        label: label.into(),
         thing_name: Some(format!("thing-{id}")),
         policy: None,
         edge_ca: false,
@@ -43,7 +43,7 @@ fn device(id: &str, hash: &str) -> NewDevice {
 async fn lockout_ends_cleanly(registry: &dyn Registry) {
     assert_eq!(
         registry
-            .add_devices(vec![device("SN-LOCK", "h")])
+            .add_devices(vec![device("lbl", "SN-LOCK", "h")])
             .await
             .unwrap(),
         [true]
@@ -80,18 +80,18 @@ async fn lockout_ends_cleanly(registry: &dyn Registry) {
     );
 }
 
-async fn suite(registry: Arc<dyn Registry>) {
+async fn suite(registry: Arc<dyn Registry>, label: &'static str) {
     // Renewal supersedes exactly once.
     registry
-        .record_issued(cert("01", None), None, None, None)
+        .record_issued(cert(label, "01", None), None, None, None)
         .await
         .unwrap();
     registry
-        .record_issued(cert("02", Some("01")), Some("01".into()), None, None)
+        .record_issued(cert(label, "02", Some("01")), Some("01".into()), None, None)
         .await
         .unwrap();
     let second = registry
-        .record_issued(cert("03", Some("01")), Some("01".into()), None, None)
+        .record_issued(cert(label, "03", Some("01")), Some("01".into()), None, None)
         .await;
     assert!(
         matches!(second, Err(RegistryError::PredecessorNotActive(_))),
@@ -118,7 +118,7 @@ async fn suite(registry: Arc<dyn Registry>) {
     // Retirement: candidates after proof, then retired.
     assert!(
         registry
-            .retirement_candidates("lbl", 0, 10)
+            .retirement_candidates(label, 0, 10)
             .await
             .unwrap()
             .is_empty(),
@@ -130,7 +130,7 @@ async fn suite(registry: Arc<dyn Registry>) {
         .unwrap();
     assert!(
         registry
-            .retirement_candidates("lbl", 0, 10)
+            .retirement_candidates(label, 0, 10)
             .await
             .unwrap()
             .is_empty(),
@@ -140,12 +140,12 @@ async fn suite(registry: Arc<dyn Registry>) {
         .mark_predecessor_proven("02", "fp-02")
         .await
         .unwrap();
-    let candidates = registry.retirement_candidates("lbl", 0, 10).await.unwrap();
+    let candidates = registry.retirement_candidates(label, 0, 10).await.unwrap();
     assert_eq!(candidates.len(), 1);
     assert_eq!(candidates[0].certificate.serial, "01");
     registry.mark_retired("01").await.unwrap();
     assert!(registry
-        .retirement_candidates("lbl", i64::MAX, 10)
+        .retirement_candidates(label, i64::MAX, 10)
         .await
         .unwrap()
         .is_empty());
@@ -175,7 +175,10 @@ async fn suite(registry: Arc<dyn Registry>) {
 
     // Devices: one token, one certificate, under concurrency.
     let added = registry
-        .add_devices(vec![device("SN1", "h1"), device("SN1", "other")])
+        .add_devices(vec![
+            device(label, "SN1", "h1"),
+            device(label, "SN1", "other"),
+        ])
         .await
         .unwrap();
     assert_eq!(added, vec![true, false]);
@@ -189,7 +192,7 @@ async fn suite(registry: Arc<dyn Registry>) {
                 .await?;
             registry
                 .record_issued(
-                    cert(&format!("a{i:02}"), None),
+                    cert(label, &format!("a{i:02}"), None),
                     None,
                     None,
                     Some(DeviceClaim {
@@ -223,7 +226,12 @@ async fn suite(registry: Arc<dyn Registry>) {
     // A renewal of a device certificate stays on the device.
     let first = history[0].certificate.serial.clone();
     registry
-        .record_issued(cert("b01", Some(&first)), Some(first.clone()), None, None)
+        .record_issued(
+            cert(label, "b01", Some(&first)),
+            Some(first.clone()),
+            None,
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(registry.device_certificates("SN1").await.unwrap().len(), 2);
@@ -240,7 +248,7 @@ async fn suite(registry: Arc<dyn Registry>) {
 
     // Reservations: busy, released, expired and taken over, lost.
     registry
-        .add_devices(vec![device("SN2", "h2")])
+        .add_devices(vec![device(label, "SN2", "h2")])
         .await
         .unwrap();
     assert!(matches!(
@@ -270,7 +278,7 @@ async fn suite(registry: Arc<dyn Registry>) {
         .unwrap();
     let lost = registry
         .record_issued(
-            cert("c01", None),
+            cert(label, "c01", None),
             None,
             None,
             Some(DeviceClaim {
@@ -318,7 +326,7 @@ async fn suite(registry: Arc<dyn Registry>) {
     // Pending approvals.
     let request = PendingRequest {
         id: "p1".into(),
-        label: "lbl".into(),
+        label: label.into(),
         subject: "CN=x".into(),
         requested_by: "basic:u".into(),
         state: PendingState::Pending,
@@ -331,7 +339,7 @@ async fn suite(registry: Arc<dyn Registry>) {
     registry.decide_pending("p1", true).await.unwrap();
     assert!(registry.decide_pending("p1", false).await.is_err());
     registry
-        .record_issued(cert("d01", None), None, Some("p1".into()), None)
+        .record_issued(cert(label, "d01", None), None, Some("p1".into()), None)
         .await
         .unwrap();
     let done = registry.pending("p1").await.unwrap().unwrap();
@@ -346,10 +354,10 @@ async fn suite(registry: Arc<dyn Registry>) {
         async move { registry.count_expiring_before(at).await.unwrap() }
     };
     let before = ending(99_999).await;
-    let mut r1 = cert("r1", None);
+    let mut r1 = cert(label, "r1", None);
     r1.not_after = 50_000;
     registry.record_issued(r1, None, None, None).await.unwrap();
-    let mut r2 = cert("r2", Some("r1"));
+    let mut r2 = cert(label, "r2", Some("r1"));
     r2.not_after = 60_000;
     registry
         .record_issued(r2, Some("r1".into()), None, None)
@@ -377,7 +385,7 @@ async fn suite(registry: Arc<dyn Registry>) {
     // With a device: it points back at the reinstated certificate. Once the
     // successor has been used, nothing can be undone.
     registry
-        .add_devices(vec![device("SN-R", "hr")])
+        .add_devices(vec![device(label, "SN-R", "hr")])
         .await
         .unwrap();
     registry
@@ -390,11 +398,11 @@ async fn suite(registry: Arc<dyn Registry>) {
         cert_id: None,
     };
     registry
-        .record_issued(cert("s1", None), None, None, Some(claim))
+        .record_issued(cert(label, "s1", None), None, None, Some(claim))
         .await
         .unwrap();
     registry
-        .record_issued(cert("s2", Some("s1")), Some("s1".into()), None, None)
+        .record_issued(cert(label, "s2", Some("s1")), Some("s1".into()), None, None)
         .await
         .unwrap();
     let cert_of = |id: &'static str| {
@@ -405,7 +413,7 @@ async fn suite(registry: Arc<dyn Registry>) {
     registry.reinstate_predecessor("s1", "s2").await.unwrap();
     assert_eq!(cert_of("SN-R").await.as_deref(), Some("s1"));
     registry
-        .record_issued(cert("s3", Some("s1")), Some("s1".into()), None, None)
+        .record_issued(cert(label, "s3", Some("s1")), Some("s1".into()), None, None)
         .await
         .unwrap();
     registry
@@ -457,6 +465,7 @@ async fn suite(registry: Arc<dyn Registry>) {
 }
 
 fn of_lineage(
+    label: &str,
     serial: &str,
     owner: &str,
     lineage: &str,
@@ -466,7 +475,7 @@ fn of_lineage(
         owner: Some(owner.into()),
         lineage: Some(lineage.into()),
         backend_ref: None,
-        ..cert(serial, predecessor)
+        ..cert(label, serial, predecessor)
     }
 }
 
@@ -474,21 +483,27 @@ fn of_lineage(
 /// first certificate is refused, a renewal replaces exactly its own lineage's
 /// certificate, concurrent first certificates yield one, and revocation and
 /// reinstatement move the lineage's live certificate as they should.
-async fn lineage_suite(registry: Arc<dyn Registry>) {
+async fn lineage_suite(registry: Arc<dyn Registry>, label: &'static str) {
     let record = |c: NewCertificate, supersedes: Option<&str>| {
         let registry = registry.clone();
         let supersedes = supersedes.map(str::to_owned);
         async move { registry.record_issued(c, supersedes, None, None).await }
     };
-    record(of_lineage("la", "device:edge", "est-id", None), None)
+    record(of_lineage(label, "la", "device:edge", "est-id", None), None)
         .await
         .unwrap();
-    record(of_lineage("lb", "device:edge", "device-id", None), None)
-        .await
-        .unwrap();
-    record(of_lineage("lx", "device:other", "est-id", None), None)
-        .await
-        .unwrap();
+    record(
+        of_lineage(label, "lb", "device:edge", "device-id", None),
+        None,
+    )
+    .await
+    .unwrap();
+    record(
+        of_lineage(label, "lx", "device:other", "est-id", None),
+        None,
+    )
+    .await
+    .unwrap();
     let live = |owner: &'static str, lineage: &'static str| {
         let registry = registry.clone();
         async move {
@@ -508,7 +523,7 @@ async fn lineage_suite(registry: Arc<dyn Registry>) {
     assert_eq!(live("device:edge", "edge-ca").await, None);
 
     // A second first certificate of a live lineage is refused, nothing recorded.
-    let twice = record(of_lineage("lc", "device:edge", "est-id", None), None).await;
+    let twice = record(of_lineage(label, "lc", "device:edge", "est-id", None), None).await;
     assert!(
         matches!(twice, Err(RegistryError::LineageBusy)),
         "{twice:?}"
@@ -516,7 +531,7 @@ async fn lineage_suite(registry: Arc<dyn Registry>) {
     assert!(registry.find_by_serial("lc").await.unwrap().is_none());
     // A renewal replaces its own lineage's certificate and no other.
     record(
-        of_lineage("lc", "device:edge", "est-id", Some("la")),
+        of_lineage(label, "lc", "device:edge", "est-id", Some("la")),
         Some("la"),
     )
     .await
@@ -537,7 +552,7 @@ async fn lineage_suite(registry: Arc<dyn Registry>) {
     assert_eq!(state("lb").await, CertState::Active);
     assert_eq!(state("lx").await, CertState::Active);
     let again = record(
-        of_lineage("ld", "device:edge", "est-id", Some("la")),
+        of_lineage(label, "ld", "device:edge", "est-id", Some("la")),
         Some("la"),
     )
     .await;
@@ -553,7 +568,7 @@ async fn lineage_suite(registry: Arc<dyn Registry>) {
         tasks.spawn(async move {
             registry
                 .record_issued(
-                    of_lineage(&format!("le{i:02}"), "device:edge", "edge-ca", None),
+                    of_lineage(label, &format!("le{i:02}"), "device:edge", "edge-ca", None),
                     None,
                     None,
                     None,
@@ -574,13 +589,13 @@ async fn lineage_suite(registry: Arc<dyn Registry>) {
     // Revoked: the lineage has no live certificate and may start again.
     registry.revoke("lc").await.unwrap();
     assert_eq!(live("device:edge", "est-id").await, None);
-    record(of_lineage("lf", "device:edge", "est-id", None), None)
+    record(of_lineage(label, "lf", "device:edge", "est-id", None), None)
         .await
         .unwrap();
     // Renewed, then the renewal undone: the predecessor is live again and
     // can be renewed once more.
     record(
-        of_lineage("lg", "device:edge", "est-id", Some("lf")),
+        of_lineage(label, "lg", "device:edge", "est-id", Some("lf")),
         Some("lf"),
     )
     .await
@@ -588,7 +603,7 @@ async fn lineage_suite(registry: Arc<dyn Registry>) {
     registry.reinstate_predecessor("lf", "lg").await.unwrap();
     assert_eq!(live("device:edge", "est-id").await.as_deref(), Some("lf"));
     record(
-        of_lineage("lh", "device:edge", "est-id", Some("lf")),
+        of_lineage(label, "lh", "device:edge", "est-id", Some("lf")),
         Some("lf"),
     )
     .await
@@ -597,9 +612,9 @@ async fn lineage_suite(registry: Arc<dyn Registry>) {
 
     // A certificate recorded before lineages (no owner, no lineage) is
     // replaced by the first certificate that carries one.
-    record(cert("lk", None), None).await.unwrap();
+    record(cert(label, "lk", None), None).await.unwrap();
     record(
-        of_lineage("ll", "cert:lk", "basic-line", Some("lk")),
+        of_lineage(label, "ll", "cert:lk", "basic-line", Some("lk")),
         Some("lk"),
     )
     .await
@@ -611,7 +626,7 @@ async fn lineage_suite(registry: Arc<dyn Registry>) {
     registry
         .add_devices(vec![NewDevice {
             edge_ca: true,
-            ..device("edge-flag", "h")
+            ..device(label, "edge-flag", "h")
         }])
         .await
         .unwrap();
@@ -643,12 +658,74 @@ async fn lineage_suite(registry: Arc<dyn Registry>) {
     ));
 }
 
+/// Leases: one holder at a time, renewed by its holder, taken over once
+/// expired, given back on release; of many concurrent takers exactly one wins.
+async fn lease_suite(registry: Arc<dyn Registry>) {
+    let now = unix_now();
+    assert!(registry.acquire_lease("orch", "a", now + 60).await.unwrap());
+    assert!(!registry.acquire_lease("orch", "b", now + 60).await.unwrap());
+    assert!(
+        registry
+            .acquire_lease("orch", "a", now + 120)
+            .await
+            .unwrap(),
+        "renewed"
+    );
+    assert!(
+        registry
+            .acquire_lease("other", "b", now + 60)
+            .await
+            .unwrap(),
+        "leases are independent"
+    );
+    registry.release_lease("orch", "b").await.unwrap();
+    assert!(
+        !registry.acquire_lease("orch", "b", now + 60).await.unwrap(),
+        "only the holder releases"
+    );
+    registry.release_lease("orch", "a").await.unwrap();
+    assert!(
+        registry.acquire_lease("orch", "b", now - 1).await.unwrap(),
+        "released: taken at once"
+    );
+    // b's lease has ended: the next taker wins, and b cannot take it back.
+    assert!(
+        registry.acquire_lease("orch", "c", now + 60).await.unwrap(),
+        "expired: taken over"
+    );
+    assert!(!registry.acquire_lease("orch", "b", now + 60).await.unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let registry = registry.clone();
+        tasks.spawn(async move {
+            registry
+                .acquire_lease("race", &format!("h{i}"), unix_now() + 60)
+                .await
+                .unwrap()
+        });
+    }
+    let mut won = 0;
+    while let Some(outcome) = tasks.join_next().await {
+        won += usize::from(outcome.unwrap());
+    }
+    assert_eq!(won, 1, "one holder");
+}
+
+/// The labels every suite runs on: the unlabelled path (`""`, which
+/// DynamoDB refuses in index keys unless the registry keys it otherwise) and
+/// a named one.
+const LABELS: [&str; 2] = ["", "lbl"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_registry_conformance() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = Arc::new(SqliteRegistry::open(&dir.path().join("registry.sqlite")).unwrap());
-    suite(registry.clone()).await;
-    lineage_suite(registry).await;
+    for (i, label) in LABELS.into_iter().enumerate() {
+        let path = dir.path().join(format!("registry-{i}.sqlite"));
+        let registry = Arc::new(SqliteRegistry::open(&path).unwrap());
+        suite(registry.clone(), label).await;
+        lineage_suite(registry.clone(), label).await;
+        lease_suite(registry).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -662,10 +739,167 @@ async fn dynamodb_registry_conformance() {
         ))
         .load()
         .await;
-    let registry = DynamoDbRegistry::new(&sdk, "conformance");
-    registry.create_table().await.unwrap();
-    registry.create_table().await.unwrap();
-    let registry = Arc::new(registry);
-    suite(registry.clone()).await;
-    lineage_suite(registry).await;
+    for (i, label) in LABELS.into_iter().enumerate() {
+        let registry = DynamoDbRegistry::new(&sdk, format!("conformance-{i}"));
+        registry.create_table().await.unwrap();
+        registry.create_table().await.unwrap();
+        let registry = Arc::new(registry);
+        suite(registry.clone(), label).await;
+        lineage_suite(registry.clone(), label).await;
+        lease_suite(registry).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_registry_conformance() {
+    let pg = Postgres::start();
+    for (i, label) in LABELS.into_iter().enumerate() {
+        let url = pg.create_database(&format!("conformance{i}"));
+        let options = PostgresOptions::from_url(&url).unwrap();
+        let registry = Arc::new(PostgresRegistry::open(options.clone()).await.unwrap());
+        // Opening again (another server) finds the schema current.
+        PostgresRegistry::open(options).await.unwrap();
+        suite(registry.clone(), label).await;
+        lineage_suite(registry.clone(), label).await;
+        lease_suite(registry).await;
+    }
+}
+
+/// The schema is versioned: a fresh database is migrated to the current
+/// version, migrating again changes nothing, and a server refuses a database
+/// whose schema is newer than it knows, with a message that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_versions() {
+    let pg = Postgres::start();
+    let url = pg.create_database("versions");
+    let options = PostgresOptions::from_url(&url).unwrap();
+    let registry = PostgresRegistry::connect(options.clone()).unwrap();
+    assert_eq!(registry.schema_version().await.unwrap(), 0);
+    let known = est_server::registry::postgres::SCHEMA_VERSION;
+    assert_eq!(registry.migrate().await.unwrap(), (0, known));
+    assert_eq!(registry.migrate().await.unwrap(), (known, known));
+    pg.psql(
+        "versions",
+        "UPDATE schema_version SET version = version + 1",
+    );
+    let refused = PostgresRegistry::open(options).await.unwrap_err();
+    assert!(
+        matches!(refused, RegistryError::SchemaTooNew { found, known: k } if found == known + 1 && k == known),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().contains("newer than this server knows"),
+        "{refused}"
+    );
+}
+
+/// A database that cannot be reached is `Unavailable` (the enrollment
+/// answers 503), not a generic failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_is_unavailable() {
+    let port = est_e2e::Mosquitto::free_port();
+    let mut options =
+        PostgresOptions::from_url(&format!("postgres://postgres@127.0.0.1:{port}/none")).unwrap();
+    options.connect_timeout = std::time::Duration::from_secs(2);
+    let registry = PostgresRegistry::connect(options).unwrap();
+    let outcome = registry.find_by_serial("01").await;
+    assert!(
+        matches!(outcome, Err(RegistryError::Unavailable(_))),
+        "{outcome:?}"
+    );
+}
+
+/// `registry copy`: a SQLite registry (filled by the suite) copied into
+/// PostgreSQL reads back the same, record for record; copying again adds
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_registry_copies_into_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.sqlite");
+    let sqlite = Arc::new(SqliteRegistry::open(&path).unwrap());
+    suite(sqlite.clone(), "").await;
+    lineage_suite(sqlite.clone(), "").await;
+    let pg = Postgres::start();
+    let url = pg.create_database("copied");
+    let target = PostgresRegistry::open(PostgresOptions::from_url(&url).unwrap())
+        .await
+        .unwrap();
+    let copied = target.copy_from_sqlite(&path).await.unwrap();
+    assert!(copied.iter().all(|(_, rows)| *rows > 0), "{copied:?}");
+    let again = target.copy_from_sqlite(&path).await.unwrap();
+    assert!(again.iter().all(|(_, rows)| *rows == 0), "{again:?}");
+    let certificates = |records: Vec<CertificateRecord>| {
+        records
+            .into_iter()
+            .map(|r| {
+                format!(
+                    "{} {} {:?} {:?} {} {:?} {:?} {:?} {}",
+                    r.certificate.serial,
+                    r.state,
+                    r.successor,
+                    r.retired_at,
+                    r.successor_proven,
+                    r.certificate.device_id,
+                    r.certificate.owner,
+                    r.certificate.lineage,
+                    r.issued_at
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        certificates(target.list_certificates(1_000).await.unwrap()),
+        certificates(sqlite.list_certificates(1_000).await.unwrap())
+    );
+    let devices = |devices: Vec<Device>| {
+        devices
+            .into_iter()
+            .map(|d| {
+                format!(
+                    "{} {} {:?} {} {}",
+                    d.device.id, d.state, d.cert_serial, d.failed_attempts, d.device.edge_ca
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        devices(target.list_devices(None, 1_000).await.unwrap()),
+        devices(sqlite.list_devices(None, 1_000).await.unwrap())
+    );
+    assert_eq!(
+        target.list_rotations(100).await.unwrap(),
+        sqlite.list_rotations(100).await.unwrap()
+    );
+    assert_eq!(
+        target.list_pending().await.unwrap().len(),
+        sqlite.list_pending().await.unwrap().len()
+    );
+    assert_eq!(
+        target.local_revocations().await.unwrap(),
+        sqlite.local_revocations().await.unwrap()
+    );
+}
+
+/// TLS to the database: with `ca_file`, the server's certificate is
+/// verified (a registry trusting another CA cannot connect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_verifies_the_server() {
+    let (pg, ca) = Postgres::start_tls();
+    let url = format!("{}?sslmode=require", pg.create_database("tls"));
+    let mut options = PostgresOptions::from_url(&url).unwrap();
+    options.ca_pem = Some(ca);
+    let registry = PostgresRegistry::open(options.clone()).await.unwrap();
+    registry
+        .add_devices(vec![device("", "SN-TLS", "h")])
+        .await
+        .unwrap();
+    assert!(registry.device("SN-TLS").await.unwrap().is_some());
+    let (_other, other_ca) = Postgres::start_tls();
+    options.ca_pem = Some(other_ca);
+    options.connect_timeout = std::time::Duration::from_secs(3);
+    let refused = PostgresRegistry::open(options).await;
+    assert!(
+        refused.is_err(),
+        "connected with a CA that did not sign the server"
+    );
 }

@@ -581,3 +581,35 @@ fn repeated_and_stale_device_answers_change_nothing() {
         server.log()
     );
 }
+
+/// While the broker is unreachable, the scheduled audit sends nothing and
+/// counts nothing (no back-off earned during the outage); once the broker is
+/// up, confirmed requests count.
+#[test]
+fn broker_outage_does_not_count_attempts() {
+    let port = Mosquitto::free_port();
+    let server = rotation_server(port, "60d", "");
+    let dir = tempfile::tempdir().unwrap();
+    enroll(&server, dir.path(), Some("iot"), "rot-outage");
+    // Several audit intervals (1 s) pass with no broker.
+    std::thread::sleep(Duration::from_secs(5));
+    let during = rotation_of(&server, "rot-outage");
+    assert!(
+        during
+            .as_ref()
+            .is_none_or(|r| r["attempts"].as_u64() == Some(0)),
+        "{during:?}"
+    );
+    let broker = Mosquitto::start(&server, port);
+    assert!(
+        wait_for(Duration::from_secs(40), || rotation_of(
+            &server,
+            "rot-outage"
+        )
+        .is_some_and(|r| r["attempts"].as_u64() >= Some(1))),
+        "{:?}\n{}\n{}",
+        rotation_of(&server, "rot-outage"),
+        server.log(),
+        broker.log()
+    );
+}

@@ -1,7 +1,7 @@
 //! The shared registry: one DynamoDB table, for several servers.
 //!
 //! One table, partition key `pk` (string); items are `cert#<serial>`,
-//! `device#<id>`, `pending#<id>`, `rotation#<client id>` and
+//! `device#<id>`, `pending#<id>`, `rotation#<client id>`, `lease#<name>` and
 //! `fp#<fingerprint>` (a pointer to a serial: this version finds presented
 //! certificates by serial, but still writes the pointer so that servers of
 //! earlier versions sharing the table, during a rolling upgrade or after a
@@ -9,7 +9,7 @@
 //! indexes keep the hot look-ups
 //! off table scans: `expiry` (`gsi_state` = "active", `not_after`) for audits,
 //! `by_device` (`device_id`, `issued_at`) for device histories, and `retire`
-//! (`retire_label`, `superseded_at`) for the retirement sweeper. Every
+//! (`retire_label` = `label#<label>`, `superseded_at`) for the retirement sweeper. Every
 //! transition is a conditional write — a renewal, a token redemption and the
 //! certificate they produce are one `TransactWriteItems` — so the guarantees
 //! of the SQLite registry hold across processes. Operator listings scan.
@@ -30,6 +30,15 @@ use super::{
 };
 
 type Item = HashMap<String, AttributeValue>;
+
+/// The `retire` index key of a superseded certificate of `label`. DynamoDB
+/// refuses empty strings in index keys, so the unlabelled path (`""`) could
+/// not be keyed by its bare label: every key carries a prefix. Certificates
+/// superseded by earlier versions (keyed by the bare, non-empty label) are
+/// still found: `retirement_candidates` reads both keys.
+fn retire_key(label: &str) -> String {
+    format!("label#{label}")
+}
 
 /// A registry in one DynamoDB table.
 #[derive(Clone, Debug)]
@@ -325,22 +334,32 @@ impl Registry for DynamoDbRegistry {
         let mut device_id = certificate.device_id.clone();
         let mut steps: Vec<(TransactWriteItem, Failure)> = Vec::new();
         if let Some(old) = &supersedes {
+            let predecessor = self.get(format!("cert#{old}")).await?;
             if device_id.is_none() {
-                device_id = self
-                    .get(format!("cert#{old}"))
-                    .await?
-                    .and_then(|item| opt_s(&item, "device_id"));
+                device_id = predecessor
+                    .as_ref()
+                    .and_then(|item| opt_s(item, "device_id"));
             }
+            // The retire index key is derived from the predecessor's label
+            // (never empty, see `retire_key`); the condition makes sure the
+            // label read is the one the item still has.
+            let old_label = predecessor
+                .as_ref()
+                .and_then(|item| opt_s(item, "label"))
+                .unwrap_or_default();
             let update = Update::builder()
                 .table_name(&self.table)
                 .key("pk", s(format!("cert#{old}")))
-                .update_expression("SET #st = :superseded, successor = :new, superseded_at = :now, retire_label = label REMOVE gsi_state")
-                .condition_expression("#st = :active")
+                .update_expression("SET #st = :superseded, successor = :new, superseded_at = :now, retire_label = :retire REMOVE gsi_state")
+                .condition_expression("#st = :active AND #label = :label")
                 .expression_attribute_names("#st", "state")
+                .expression_attribute_names("#label", "label")
                 .expression_attribute_values(":superseded", s("superseded"))
                 .expression_attribute_values(":active", s("active"))
                 .expression_attribute_values(":new", s(&certificate.serial))
                 .expression_attribute_values(":now", n(now))
+                .expression_attribute_values(":label", s(&old_label))
+                .expression_attribute_values(":retire", s(retire_key(&old_label)))
                 .build()
                 .map_err(build)?;
             steps.push((
@@ -616,15 +635,29 @@ impl Registry for DynamoDbRegistry {
         superseded_before: i64,
         limit: usize,
     ) -> Result<Vec<CertificateRecord>, RegistryError> {
-        let items = self
+        let mut items = self
             .query_index(
                 "retire",
                 "retire_label = :label",
-                vec![(":label", s(label))],
+                vec![(":label", s(retire_key(label)))],
                 true,
                 usize::MAX,
             )
             .await?;
+        if !label.is_empty() {
+            // Superseded by a version that keyed the index by the bare label.
+            items.extend(
+                self.query_index(
+                    "retire",
+                    "retire_label = :label",
+                    vec![(":label", s(label))],
+                    true,
+                    usize::MAX,
+                )
+                .await?,
+            );
+            items.sort_by_key(|item| opt_n(item, "superseded_at").unwrap_or(0));
+        }
         Ok(items
             .iter()
             .filter(|item| {
@@ -1037,6 +1070,37 @@ impl Registry for DynamoDbRegistry {
         rotations.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         rotations.truncate(limit);
         Ok(rotations)
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until: i64,
+    ) -> Result<bool, RegistryError> {
+        // UpdateItem creates the item when it is missing.
+        self.update(
+            format!("lease#{name}"),
+            "SET holder = :holder, expires_at = :until",
+            Some("attribute_not_exists(pk) OR holder = :holder OR expires_at < :now"),
+            vec![
+                (":holder", s(holder)),
+                (":until", n(until)),
+                (":now", n(unix_now())),
+            ],
+        )
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), RegistryError> {
+        self.update(
+            format!("lease#{name}"),
+            "SET expires_at = :ended",
+            Some("holder = :holder"),
+            vec![(":holder", s(holder)), (":ended", n(0))],
+        )
+        .await
+        .map(drop)
     }
 }
 

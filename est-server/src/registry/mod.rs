@@ -8,12 +8,15 @@
 
 #[cfg(feature = "aws")]
 pub mod dynamodb;
+pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[cfg(feature = "aws")]
 pub use dynamodb::DynamoDbRegistry;
+pub use postgres::{PostgresOptions, PostgresRegistry};
 pub use sqlite::SqliteRegistry;
 
 /// Lifecycle state of an issued certificate.
@@ -279,6 +282,21 @@ pub enum RegistryError {
     /// The store failed.
     #[error("registry: {0}")]
     Database(String),
+    /// The store cannot be reached right now (connection refused or lost,
+    /// timeout): the request may be retried.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    /// The store was migrated by a newer version of this server.
+    #[error(
+        "the registry schema is version {found}, newer than this server knows ({known}): \
+         upgrade est-server (or restore the database)"
+    )]
+    SchemaTooNew {
+        /// Version found in the store.
+        found: i64,
+        /// Newest version this build knows.
+        known: i64,
+    },
     /// The blocking task died.
     #[error("registry task failed: {0}")]
     Task(String),
@@ -539,6 +557,21 @@ pub trait Registry: Send + Sync {
 
     /// Rotation records ordered by client id, at most `limit`.
     async fn list_rotations(&self, limit: usize) -> Result<Vec<Rotation>, RegistryError>;
+
+    /// Takes the lease `name` for `holder` until `until` (Unix seconds), or
+    /// renews it when `holder` already holds it; true when `holder` holds it
+    /// now. A lease its holder did not renew before its end is taken over.
+    /// Decided by the store in one conditional write, so of several servers
+    /// exactly one holds a lease at a time.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until: i64,
+    ) -> Result<bool, RegistryError>;
+
+    /// Ends the lease `name` if `holder` holds it (another server may take it at once).
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), RegistryError>;
 }
 
 /// Seconds since the Unix epoch.

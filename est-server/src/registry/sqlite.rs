@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::sql::*;
 use super::{
     unix_now, CertState, CertificateRecord, Device, DeviceClaim, DeviceState, NewCertificate,
     NewDevice, PendingRequest, PendingState, Registry, RegistryError, Rotation, RotationState,
@@ -253,6 +254,11 @@ CREATE TABLE IF NOT EXISTS rotations (
     requested_at    INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL,
     next_attempt_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS devices (
     id               TEXT PRIMARY KEY,
@@ -520,31 +526,21 @@ impl Registry for SqliteRegistry {
             let mut device_id = certificate.device_id.clone();
             if let Some(old) = &supersedes {
                 let changed = tx
-                    .execute(
-                        "UPDATE certificates SET state = 'superseded', successor = ?1, superseded_at = ?3
-                         WHERE serial = ?2 AND state = 'active'",
-                        params![certificate.serial, old, unix_now()],
-                    )
+                    .execute(SUPERSEDE, params![certificate.serial, old, unix_now()])
                     .map_err(db)?;
                 if changed != 1 {
                     return Err(RegistryError::PredecessorNotActive(old.clone()));
                 }
                 if device_id.is_none() {
                     device_id = tx
-                        .query_row(
-                            "SELECT device_id FROM certificates WHERE serial = ?1",
-                            [old],
-                            |row| row.get(0),
-                        )
+                        .query_row(DEVICE_OF, [old], |row| row.get(0))
                         .map_err(db)?;
                 }
             }
             if let Some(claim) = &claim {
                 let changed = tx
                     .execute(
-                        "UPDATE devices SET state = 'enrolled', enrolled_at = ?1, lease_owner = NULL,
-                             lease_until = NULL, failed_attempts = 0
-                         WHERE id = ?2 AND state = 'unused' AND lease_owner = ?3",
+                        ENROLL_CLAIMED,
                         params![unix_now(), claim.device_id, claim.owner],
                     )
                     .map_err(db)?;
@@ -553,11 +549,9 @@ impl Registry for SqliteRegistry {
                 }
                 device_id = Some(claim.device_id.clone());
             }
-            exec(tx,
-                "INSERT INTO certificates (serial, fingerprint, label, subject, san, not_before,
-                     not_after, auth, predecessor, successor, state, issued_at, der, device_id,
-                     backend_ref, owner, lineage)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, 'active', ?10, ?11, ?12, ?13, ?14, ?15)",
+            exec(
+                tx,
+                INSERT_CERTIFICATE,
                 params![
                     certificate.serial,
                     certificate.fingerprint,
@@ -578,10 +572,9 @@ impl Registry for SqliteRegistry {
             )
             .map_err(lineage_conflict)?;
             if let Some(device) = &device_id {
-                exec(tx,
-                    "UPDATE devices SET cert_serial = ?1, cert_fingerprint = ?2, cert_not_after = ?3,
-                         cert_id = COALESCE(?4, cert_id)
-                     WHERE id = ?5",
+                exec(
+                    tx,
+                    POINT_DEVICE,
                     params![
                         certificate.serial,
                         certificate.fingerprint,
@@ -593,11 +586,7 @@ impl Registry for SqliteRegistry {
                 .map_err(db)?;
             }
             if let Some(id) = &pending_id {
-                exec(tx,
-                    "UPDATE pending_requests SET state = 'issued', issued_serial = ?1 WHERE id = ?2",
-                    params![certificate.serial, id],
-                )
-                .map_err(db)?;
+                exec(tx, MARK_PENDING_ISSUED, params![certificate.serial, id]).map_err(db)?;
             }
             Ok(())
         })
@@ -619,12 +608,7 @@ impl Registry for SqliteRegistry {
     async fn set_device_edge_ca(&self, id: &str, allowed: bool) -> Result<(), RegistryError> {
         let id = id.to_owned();
         self.write(move |conn| {
-            let changed = exec(
-                conn,
-                "UPDATE devices SET edge_ca = ?2 WHERE id = ?1",
-                params![id, allowed],
-            )
-            .map_err(db)?;
+            let changed = exec(conn, SET_EDGE_CA, params![id, allowed]).map_err(db)?;
             if changed == 1 {
                 Ok(())
             } else {
@@ -675,11 +659,7 @@ impl Registry for SqliteRegistry {
         let serial = serial.to_owned();
         self.write(move |conn| {
             let changed = conn
-                .execute(
-                    "UPDATE certificates SET state = 'revoked', revoked_at = COALESCE(revoked_at, ?2)
-                     WHERE serial = ?1",
-                    params![&serial, unix_now()],
-                )
+                .execute(REVOKE, params![&serial, unix_now()])
                 .map_err(db)?;
             if changed == 0 {
                 return Err(RegistryError::NotFound(format!("certificate {serial}")));
@@ -722,12 +702,7 @@ impl Registry for SqliteRegistry {
     async fn mark_retired(&self, serial: &str) -> Result<(), RegistryError> {
         let serial = serial.to_owned();
         self.write(move |conn| {
-            exec(
-                conn,
-                "UPDATE certificates SET retired_at = ?1 WHERE serial = ?2 AND retired_at IS NULL",
-                params![unix_now(), serial],
-            )
-            .map_err(db)?;
+            exec(conn, MARK_RETIRED, params![unix_now(), serial]).map_err(db)?;
             Ok(())
         })
         .await
@@ -735,13 +710,7 @@ impl Registry for SqliteRegistry {
 
     async fn local_revocations(&self) -> Result<Vec<(String, i64)>, RegistryError> {
         self.with(|conn| {
-            let mut statement = conn
-                .prepare(
-                    "SELECT serial, COALESCE(revoked_at, retired_at) FROM certificates
-                     WHERE backend_ref IS NULL AND (state = 'revoked' OR retired_at IS NOT NULL)
-                     ORDER BY serial",
-                )
-                .map_err(db)?;
+            let mut statement = conn.prepare(LOCAL_REVOCATIONS).map_err(db)?;
             let rows = statement
                 .query_map([], |row| {
                     Ok((row.get(0)?, row.get::<_, Option<i64>>(1)?.unwrap_or(0)))
@@ -768,10 +737,16 @@ impl Registry for SqliteRegistry {
 
     async fn add_pending(&self, request: PendingRequest) -> Result<(), RegistryError> {
         self.write(move |conn| {
-            exec(conn,
-                "INSERT OR IGNORE INTO pending_requests (id, label, subject, requested_by, state, created_at)
-                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
-                params![request.id, request.label, request.subject, request.requested_by, request.created_at],
+            exec(
+                conn,
+                ADD_PENDING,
+                params![
+                    request.id,
+                    request.label,
+                    request.subject,
+                    request.requested_by,
+                    request.created_at
+                ],
             )
             .map_err(db)?;
             Ok(())
@@ -788,10 +763,7 @@ impl Registry for SqliteRegistry {
         };
         self.write(move |conn| {
             let changed = conn
-                .execute(
-                    "UPDATE pending_requests SET state = ?1, decided_at = ?2 WHERE id = ?3 AND state = 'pending'",
-                    params![state.as_str(), unix_now(), id],
-                )
+                .execute(DECIDE_PENDING, params![state.as_str(), unix_now(), id])
                 .map_err(db)?;
             if changed == 0 {
                 return Err(RegistryError::NotFound(format!("pending request {id}")));
@@ -819,16 +791,19 @@ impl Registry for SqliteRegistry {
             let tx = conn;
             let mut added = Vec::with_capacity(devices.len());
             {
-                let mut insert = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO devices (id, token_hash, label, thing_name, policy, state, created_at, edge_ca)
-                         VALUES (?1, ?2, ?3, ?4, ?5, 'unused', ?6, ?7)",
-                    )
-                    .map_err(db)?;
+                let mut insert = tx.prepare_cached(ADD_DEVICE).map_err(db)?;
                 let now = unix_now();
                 for d in &devices {
                     let inserted = insert
-                        .execute(params![d.id, d.token_hash, d.label, d.thing_name, d.policy, now, d.edge_ca])
+                        .execute(params![
+                            d.id,
+                            d.token_hash,
+                            d.label,
+                            d.thing_name,
+                            d.policy,
+                            now,
+                            d.edge_ca
+                        ])
                         .map_err(db)?;
                     added.push(inserted == 1);
                 }
@@ -883,9 +858,7 @@ impl Registry for SqliteRegistry {
     async fn disable_device(&self, id: &str) -> Result<(), RegistryError> {
         let id = id.to_owned();
         self.write(move |conn| {
-            let changed = conn
-                .execute("UPDATE devices SET state = 'disabled' WHERE id = ?1", [&id])
-                .map_err(db)?;
+            let changed = conn.execute(DISABLE_DEVICE, [&id]).map_err(db)?;
             if changed == 0 {
                 return Err(RegistryError::NotFound(format!("device {id}")));
             }
@@ -903,16 +876,9 @@ impl Registry for SqliteRegistry {
         let id = id.to_owned();
         self.write(move |conn| {
             let now = unix_now();
-            // A lock that has run out ends the count too: this failure is
-            // the first of a new series (SET sees the old row throughout).
-            exec(conn,
-                "UPDATE devices SET
-                     failed_attempts = CASE WHEN locked_until <= ?4 THEN 1 ELSE failed_attempts + 1 END,
-                     locked_until = CASE
-                         WHEN (CASE WHEN locked_until <= ?4 THEN 1 ELSE failed_attempts + 1 END) >= ?1 THEN ?2
-                         WHEN locked_until <= ?4 THEN NULL
-                         ELSE locked_until END
-                 WHERE id = ?3",
+            exec(
+                conn,
+                FAILED_ATTEMPT,
                 params![lock_after, now + lock_secs, id, now],
             )
             .map_err(db)?;
@@ -933,9 +899,7 @@ impl Registry for SqliteRegistry {
             let tx = conn;
             let changed = tx
                 .execute(
-                    "UPDATE devices SET lease_owner = ?1, lease_until = ?2
-                     WHERE id = ?3 AND token_hash = ?4 AND state = 'unused'
-                       AND (lease_until IS NULL OR lease_until < ?5)",
+                    RESERVE_DEVICE,
                     params![owner, lease_until, id, token_hash, unix_now()],
                 )
                 .map_err(db)?;
@@ -943,9 +907,7 @@ impl Registry for SqliteRegistry {
                 return Ok(());
             }
             let state: Option<String> = tx
-                .query_row("SELECT state FROM devices WHERE id = ?1", [&id], |r| {
-                    r.get(0)
-                })
+                .query_row(DEVICE_STATE, [&id], |r| r.get(0))
                 .optional()
                 .map_err(db)?;
             Err(match state.as_deref().map(DeviceState::parse) {
@@ -961,11 +923,7 @@ impl Registry for SqliteRegistry {
     async fn release_device(&self, id: &str, owner: &str) -> Result<(), RegistryError> {
         let (id, owner) = (id.to_owned(), owner.to_owned());
         self.write(move |conn| {
-            exec(conn,
-                "UPDATE devices SET lease_owner = NULL, lease_until = NULL WHERE id = ?1 AND lease_owner = ?2",
-                params![id, owner],
-            )
-            .map_err(db)?;
+            exec(conn, RELEASE_DEVICE, params![id, owner]).map_err(db)?;
             Ok(())
         })
         .await
@@ -979,33 +937,13 @@ impl Registry for SqliteRegistry {
         let (old, new) = (predecessor.to_owned(), successor.to_owned());
         self.write(move |conn| {
             let revoked = conn
-                .execute(
-                    "UPDATE certificates SET state = 'revoked', revoked_at = ?2
-                     WHERE serial = ?1 AND state = 'active' AND predecessor IS NOT NULL",
-                    params![new, unix_now()],
-                )
+                .execute(REVOKE_UNUSED_SUCCESSOR, params![new, unix_now()])
                 .map_err(db)?;
-            let reinstated = conn
-                .execute(
-                    "UPDATE certificates SET state = 'active', successor = NULL,
-                         superseded_at = NULL, proven = 0
-                     WHERE serial = ?1 AND state = 'superseded' AND successor = ?2
-                       AND retired_at IS NULL AND proven = 0",
-                    params![old, new],
-                )
-                .map_err(db)?;
+            let reinstated = conn.execute(REINSTATE, params![old, new]).map_err(db)?;
             if revoked != 1 || reinstated != 1 {
                 return Err(RegistryError::PredecessorNotActive(old));
             }
-            exec(
-                conn,
-                "UPDATE devices SET (cert_serial, cert_fingerprint, cert_not_after, cert_id) =
-                     (SELECT serial, fingerprint, not_after, COALESCE(backend_ref, devices.cert_id)
-                      FROM certificates WHERE serial = ?1)
-                 WHERE cert_serial = ?2",
-                params![old, new],
-            )
-            .map_err(db)?;
+            exec(conn, REPOINT_DEVICE, params![old, new]).map_err(db)?;
             Ok(())
         })
         .await
@@ -1029,10 +967,7 @@ impl Registry for SqliteRegistry {
         self.write(move |conn| {
             exec(
                 conn,
-                &format!(
-                    "INSERT OR REPLACE INTO rotations ({ROTATION_COLUMNS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-                ),
+                SAVE_ROTATION,
                 params![
                     rotation.client_id,
                     rotation.serial,
@@ -1065,28 +1000,36 @@ impl Registry for SqliteRegistry {
         })
         .await
     }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until: i64,
+    ) -> Result<bool, RegistryError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |conn| {
+            exec(
+                conn,
+                ACQUIRE_LEASE,
+                params![name, holder, until, unix_now()],
+            )
+            .map(|changed| changed == 1)
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), RegistryError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |conn| {
+            exec(conn, RELEASE_LEASE, params![name, holder])
+                .map(drop)
+                .map_err(db)
+        })
+        .await
+    }
 }
-
-// Certificate look-ups (after `SELECT {COLUMNS} FROM certificates`); the
-// `query_plans_use_indexes` test checks that none of them scans the table.
-const BY_SERIAL: &str = "WHERE serial = ?1";
-const LIVE_IN_LINEAGE: &str =
-    "WHERE owner = ?1 AND lineage = ?2 AND state = 'active' AND lineage IS NOT NULL";
-const NEWEST_FIRST: &str = "ORDER BY issued_at DESC, serial LIMIT ?1";
-const EXPIRING_BEFORE: &str =
-    "WHERE state = 'active' AND not_after < ?1 ORDER BY not_after LIMIT ?2";
-const RETIREMENT_CANDIDATES: &str = "WHERE state = 'superseded' AND retired_at IS NULL \
-    AND label = ?1 AND (proven = 1 OR superseded_at < ?2) ORDER BY superseded_at LIMIT ?3";
-const OF_DEVICE: &str = "WHERE device_id = ?1 ORDER BY issued_at DESC, serial";
-const MARK_PREDECESSOR_PROVEN: &str = "UPDATE certificates SET proven = 1
-    WHERE serial = (SELECT predecessor FROM certificates
-                    WHERE serial = ?1 AND fingerprint = ?2 AND state = 'active')
-      AND proven = 0 AND retired_at IS NULL";
-const COUNT_EXPIRING: &str =
-    "SELECT COUNT(*) FROM certificates WHERE state = 'active' AND not_after <= ?1";
-
-const ROTATION_COLUMNS: &str = "client_id, serial, state, attempts, last_error, new_serial, \
-    requested_at, updated_at, next_attempt_at";
 
 fn read_rotation(row: &rusqlite::Row<'_>) -> rusqlite::Result<Rotation> {
     Ok(Rotation {
@@ -1101,12 +1044,6 @@ fn read_rotation(row: &rusqlite::Row<'_>) -> rusqlite::Result<Rotation> {
         next_attempt_at: row.get(8)?,
     })
 }
-
-const COLUMNS: &str = "serial, fingerprint, label, subject, san, not_before, not_after, auth, \
-                       predecessor, successor, state, issued_at, der, device_id, backend_ref, retired_at, proven, owner, lineage";
-const PENDING_COLUMNS: &str = "id, label, subject, requested_by, state, created_at, issued_serial";
-const DEVICE_COLUMNS: &str = "id, token_hash, label, thing_name, policy, state, created_at, \
-    enrolled_at, cert_serial, cert_id, cert_fingerprint, cert_not_after, failed_attempts, locked_until, edge_ca";
 
 /// Runs one statement through the connection's prepared-statement cache
 /// (the profile showed SQL parsing at ~3% of the server's CPU otherwise).

@@ -134,11 +134,15 @@ impl Auditor<'_> {
                 _ => continue,
             };
             let previous = rotations.get(&client_id);
+            // Recorded before it is sent (an answer always finds its record),
+            // but not yet counted: only a request the broker confirmed is an
+            // attempt (see [`confirmed_audit`], which counts it). Until then
+            // the device may be asked again at once.
             let rotation = Rotation {
                 client_id: client_id.clone(),
                 serial: record.certificate.serial.clone(),
                 state: RotationState::Requested,
-                attempts: attempt,
+                attempts: attempt - 1,
                 last_error: previous
                     .filter(|r| r.serial == record.certificate.serial)
                     .and_then(|r| r.last_error.clone()),
@@ -147,9 +151,8 @@ impl Auditor<'_> {
                     .filter(|r| r.serial == record.certificate.serial)
                     .map_or(now, |r| r.requested_at),
                 updated_at: now,
-                next_attempt_at: audit::next_attempt_at(now, attempt, self.config.retry_after),
+                next_attempt_at: now,
             };
-            // Recorded before it is sent: an answer always finds its record.
             self.registry.save_rotation(rotation.clone()).await?;
             let request = CsrRequest {
                 serial: record.certificate.serial.clone(),
@@ -164,13 +167,176 @@ impl Auditor<'_> {
                 )
                 .await
                 .context("publish csr_req")?;
-            tracing::info!(client_id = %client_id, serial = %record.certificate.serial, attempt, "rotation: asked the device for a CSR");
-            rotations.insert(client_id.clone(), rotation);
+            tracing::info!(client_id = %client_id, serial = %record.certificate.serial, attempt, "rotation: asking the device for a CSR");
+            rotations.insert(
+                client_id.clone(),
+                Rotation {
+                    // Holds a `max_in_flight` slot for the rest of this audit.
+                    next_attempt_at: now + 1,
+                    ..rotation
+                },
+            );
             in_flight += 1;
             report.requested.push(client_id);
         }
         Ok(report)
     }
+}
+
+/// What [`confirmed_audit`] did.
+#[derive(Debug, Default)]
+pub struct ConfirmedAudit {
+    /// The audit; `requested` lists the devices whose `csr_req` the broker
+    /// confirmed (each counted as an attempt).
+    pub report: AuditReport,
+    /// Devices sent `csr_req` that the broker did not confirm in time (not
+    /// counted: they are asked again at the next audit).
+    pub unconfirmed: Vec<String>,
+}
+
+/// The publishes of one audit connection and which of them the broker acknowledged.
+#[derive(Default)]
+struct Confirmations {
+    /// Packet ids of the outgoing publishes, in order.
+    sent: Vec<u16>,
+    /// Packet ids the broker acknowledged.
+    acked: std::collections::HashSet<u16>,
+}
+
+impl Confirmations {
+    fn note(
+        &mut self,
+        event: Result<Event, rumqttc::ConnectionError>,
+        broker: &str,
+    ) -> anyhow::Result<()> {
+        match event {
+            Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => self.sent.push(pkid),
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                self.acked.insert(ack.pkid);
+            }
+            Ok(_) => {}
+            Err(e) => anyhow::bail!("MQTT broker {broker}: {e}"),
+        }
+        Ok(())
+    }
+
+    /// Whether the `n`-th publish was acknowledged.
+    fn confirmed(&self, n: usize) -> bool {
+        self.sent
+            .get(n)
+            .is_some_and(|pkid| self.acked.contains(pkid))
+    }
+
+    /// Whether all `count` publishes went out and were acknowledged.
+    fn all(&self, count: usize) -> bool {
+        (0..count).all(|n| self.confirmed(n))
+    }
+}
+
+/// How long a broker may take to accept the connection of an audit.
+const AUDIT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a broker may take to confirm the requests of an audit.
+const AUDIT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs one audit over an MQTT connection of its own (client id
+/// `client_id`, clean session): the scheduled audit and `est-server rotate`
+/// alike. A `csr_req` counts as an attempt only once the broker confirmed it
+/// (PUBACK); while the broker is unreachable nothing is sent or counted, so
+/// devices do not back off or look offline because of a broker outage.
+#[allow(clippy::too_many_arguments)]
+pub async fn confirmed_audit(
+    registry: &dyn crate::registry::Registry,
+    config: &RotationConfig,
+    client_id: &str,
+    trust_pem: &[u8],
+    pair: &mqtt::ClientPair,
+    locks: Option<&KeyedLocks>,
+    window: Duration,
+    device: Option<&str>,
+) -> anyhow::Result<ConfirmedAudit> {
+    let (client, mut events) = mqtt::connect(config, client_id, true, trust_pem, pair)?;
+    tokio::time::timeout(AUDIT_CONNECT_TIMEOUT, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(anyhow::anyhow!("MQTT broker {}: {e}", config.broker)),
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("MQTT broker {} did not answer", config.broker))??;
+    let topics = Topics::new(&config.topic_prefix);
+    let auditor = Auditor {
+        registry,
+        client: &client,
+        topics: &topics,
+        config,
+        locks,
+    };
+    // Publishing queues into the event loop: poll it while auditing. The
+    // connection carries only this audit's requests, in order, so the n-th
+    // outgoing publish is the n-th device asked.
+    let mut confirmations = Confirmations::default();
+    let audit = auditor.audit(window, device);
+    tokio::pin!(audit);
+    let mut connection_lost = None;
+    let mut report = loop {
+        tokio::select! {
+            report = &mut audit => break report?,
+            event = events.poll(), if connection_lost.is_none() => {
+                if let Err(e) = confirmations.note(event, &config.broker) {
+                    connection_lost = Some(e);
+                }
+            }
+        }
+    };
+    if connection_lost.is_none() {
+        let _ = tokio::time::timeout(AUDIT_CONFIRM_TIMEOUT, async {
+            while !confirmations.all(report.requested.len()) {
+                if let Err(e) = confirmations.note(events.poll().await, &config.broker) {
+                    tracing::warn!(error = %e, "rotation: connection lost before every csr_req was confirmed");
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    let _ = client.disconnect().await;
+    let now = unix_now();
+    let mut confirmed = Vec::new();
+    let mut unconfirmed = Vec::new();
+    for (n, id) in report.requested.drain(..).enumerate() {
+        if !confirmations.confirmed(n) {
+            unconfirmed.push(id);
+            continue;
+        }
+        let _guard = match locks {
+            Some(locks) => Some(locks.lock(&id).await),
+            None => None,
+        };
+        if let Some(mut rotation) = registry.rotation(&id).await? {
+            if rotation.state == RotationState::Requested {
+                rotation.attempts += 1;
+                rotation.updated_at = now;
+                rotation.next_attempt_at =
+                    audit::next_attempt_at(now, rotation.attempts, config.retry_after);
+                registry.save_rotation(rotation).await?;
+            }
+        }
+        confirmed.push(id);
+    }
+    report.requested = confirmed;
+    if !unconfirmed.is_empty() {
+        tracing::warn!(
+            unconfirmed = unconfirmed.len(),
+            "rotation: the broker did not confirm every csr_req; they are not counted and are sent again"
+        );
+    }
+    Ok(ConfirmedAudit {
+        report,
+        unconfirmed,
+    })
 }
 
 /// Refuses a device answer that names another certificate than the one this
@@ -200,6 +366,55 @@ pub struct Orchestrator {
     client: std::sync::RwLock<AsyncClient>,
     webhook: Option<Webhook>,
     locks: KeyedLocks,
+    /// Broker trust anchors and the client certificate files, for the
+    /// audit's own connection.
+    trust_pem: Vec<u8>,
+    pair: mqtt::ClientPair,
+}
+
+/// The registry lease whose holder runs the scheduled audit.
+pub const AUDIT_LEASE: &str = "rotation-audit";
+/// How often the audit lease is renewed (or, by the others, tried).
+pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// How long a lease lasts unless renewed.
+pub const LEASE_TERM: Duration = Duration::from_secs(30);
+
+/// This process's name as a lease holder: host, process id and a random
+/// part (two servers on one host, or a restarted one, never share it).
+fn lease_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let mut nonce = [0u8; 4];
+    let _ = aws_lc_rs::rand::fill(&mut nonce);
+    format!("{host}/{}/{}", std::process::id(), hex::encode(nonce))
+}
+
+/// Takes and renews the audit lease for `holder`; `leading` says whether it
+/// holds it. A registry error counts as not leading (the lease may end).
+async fn keep_lease(
+    registry: Arc<dyn crate::registry::Registry>,
+    holder: String,
+    leading: Arc<std::sync::atomic::AtomicBool>,
+) {
+    loop {
+        let until = unix_now() + LEASE_TERM.as_secs() as i64;
+        let now_leading = match registry.acquire_lease(AUDIT_LEASE, &holder, until).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, "rotation: cannot renew the audit lease");
+                false
+            }
+        };
+        if now_leading != leading.swap(now_leading, Ordering::AcqRel) {
+            if now_leading {
+                tracing::info!(holder = %holder, "rotation: this server leads the audit");
+            } else {
+                tracing::info!(holder = %holder, "rotation: another server leads the audit");
+            }
+        }
+        tokio::time::sleep(LEASE_RENEW).await;
+    }
 }
 
 /// How often the orchestrator checks that its own MQTT certificate has
@@ -230,6 +445,11 @@ pub async fn run(
         client: std::sync::RwLock::new(client),
         webhook,
         locks: KeyedLocks::default(),
+        trust_pem: trust_pem.clone(),
+        pair: mqtt::ClientPair {
+            cert: pair.cert.clone(),
+            key: pair.key.clone(),
+        },
     });
     tokio::spawn(orchestrator.clone().audit_schedule());
     let handlers = Arc::new(tokio::sync::Semaphore::new(HANDLER_CONCURRENCY));
@@ -314,29 +534,55 @@ impl Orchestrator {
             .clone()
     }
 
+    /// Audits every `audit_interval` while this server leads: of several
+    /// servers sharing a registry, only the holder of the [`AUDIT_LEASE`]
+    /// audits and publishes `csr_req` (every server handles answers). The
+    /// lease is renewed every [`LEASE_RENEW`] by a task of its own, so a long
+    /// audit keeps it; it ends [`LEASE_TERM`] after its last renewal (the others
+    /// take it over within [`LEASE_TERM`] + [`LEASE_RENEW`] of its holder stopping).
     async fn audit_schedule(self: Arc<Self>) {
-        // A short pause lets the first connection come up.
+        let holder = lease_holder();
+        let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(keep_lease(
+            self.state.registry.clone(),
+            holder,
+            leading.clone(),
+        ));
+        // A short pause lets the first connection come up (and the lease be taken).
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let check = self.config.audit_interval.min(LEASE_RENEW);
+        let mut last_audit: Option<tokio::time::Instant> = None;
         loop {
-            if let Err(e) = self.scheduled_audit().await {
-                tracing::warn!(error = %e, "rotation: audit failed; the next one retries");
+            let due = last_audit.is_none_or(|at| at.elapsed() >= self.config.audit_interval);
+            if !leading.load(Ordering::Acquire) {
+                // Audit at once when the lead comes (back) to this server.
+                last_audit = None;
+            } else if due {
+                last_audit = Some(tokio::time::Instant::now());
+                if let Err(e) = self.scheduled_audit().await {
+                    tracing::warn!(error = %e, "rotation: audit failed; the next one retries");
+                }
             }
-            tokio::time::sleep(self.config.audit_interval).await;
+            tokio::time::sleep(check).await;
         }
     }
 
     /// Asks expiring devices for CSRs and sends unacknowledged certificates again.
     async fn scheduled_audit(&self) -> anyhow::Result<()> {
         let registry = &*self.state.registry;
-        let client = self.client();
-        let auditor = Auditor {
+        let audit_client = format!("{}-audit", self.config.client_id);
+        let report = confirmed_audit(
             registry,
-            client: &client,
-            topics: &self.topics,
-            config: &self.config,
-            locks: Some(&self.locks),
-        };
-        let report = auditor.audit(self.config.expiring_within, None).await?;
+            &self.config,
+            &audit_client,
+            &self.trust_pem,
+            &self.pair,
+            Some(&self.locks),
+            self.config.expiring_within,
+            None,
+        )
+        .await?
+        .report;
         for _ in &report.requested {
             self.state.metrics.rotation_event("requested");
         }

@@ -1,0 +1,402 @@
+//! Three est-server processes sharing one PostgreSQL registry and one CA
+//! directory, with clients spread over them: the registry's guarantees hold
+//! across servers (one token → one certificate, one successor per
+//! certificate) and survive a server killed with SIGKILL under load.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use est_e2e::*;
+use est_server::registry::{PostgresOptions, PostgresRegistry, Registry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A server of the fleet: vending-machine tokens on the unlabelled path, the
+/// shared registry, and the CA of `ca_dir` (the first server's) when given.
+fn fleet_server(url: &str, ca_dir: Option<&Path>) -> Server {
+    fleet_server_with(url, ca_dir, "")
+}
+
+/// Like [`fleet_server`], with more TOML.
+fn fleet_server_with(url: &str, ca_dir: Option<&Path>, extra: &str) -> Server {
+    let ca = ca_dir.map_or(String::new(), |dir| {
+        format!("[ca]\ndir = \"{}\"\n", dir.display())
+    });
+    let config = config_with(&format!(
+        "[enroll]\nprofile = \"device\"\nauth = [\"basic\", \"device-token\"]\n\
+         [registry]\nkind = \"postgres\"\nurl = \"{url}\"\npool_size = 8\n{ca}{extra}"
+    ))
+    .replacen(
+        "[enroll]\nprofile = \"device\"\n[labels.edgeca]",
+        "[labels.edgeca]",
+        1,
+    );
+    Server::start_with(&config, None)
+}
+
+/// TLS to the fleet (trusting the shared CA), with an optional client certificate.
+fn tls(ca: &Path, client: Option<(&Path, &Path)>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut std::fs::read(ca).unwrap().as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::aws_lc_rs::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    Arc::new(match client {
+        Some((cert, key)) => {
+            let chain = rustls_pemfile::certs(&mut std::fs::read(cert).unwrap().as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = rustls_pemfile::private_key(&mut std::fs::read(key).unwrap().as_slice())
+                .unwrap()
+                .unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    })
+}
+
+/// POSTs a base64 CSR to `path` on `addr`; the status (0: no answer, as
+/// from a killed server) and the body.
+async fn post(
+    addr: &str,
+    tls: Arc<rustls::ClientConfig>,
+    path: &str,
+    basic: Option<&str>,
+    csr_b64: &[u8],
+) -> (u16, Vec<u8>) {
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await?;
+        let auth = basic.map_or(String::new(), |credentials| {
+            format!(
+                "Authorization: Basic {}\r\n",
+                est_wire::body::encode(credentials.as_bytes()).trim()
+            )
+        });
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/pkcs10\r\n\
+             Content-Length: {}\r\nConnection: close\r\n{auth}\r\n",
+            csr_b64.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(csr_b64).await?;
+        let mut response = Vec::new();
+        // A server that closes without close_notify still sent its answer.
+        let _ = stream.read_to_end(&mut response).await;
+        Ok::<_, std::io::Error>(response)
+    };
+    let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(30), attempt).await else {
+        return (0, Vec::new());
+    };
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = match response.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(at) => response[at + 4..].to_vec(),
+        None => Vec::new(),
+    };
+    (status, body)
+}
+
+/// The serial (registry form) and fingerprint of the certificate a 200 carried.
+fn issued(body: &[u8]) -> (String, String) {
+    let der = est_wire::body::decode(body).expect("base64 body");
+    let certs = est_wire::pkcs7::decode_certs_only(&der).expect("certs-only");
+    let cert = certs.first().expect("one certificate");
+    let der = der::Encode::to_der(cert).unwrap();
+    (ca_backends::serial_hex(cert), est_wire::sha256_hex(&der))
+}
+
+fn add_device(server: &Server, id: &str) -> String {
+    let out = server.admin(&["devices", "add", id]);
+    out.trim().rsplit(' ').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_share_one_postgres_registry() {
+    let started = Instant::now();
+    let pg = Postgres::start();
+    let url = pg.create_database("fleet");
+    let first = fleet_server(&url, None);
+    let ca_dir = first.path("ca");
+    let mut servers = vec![
+        first,
+        fleet_server(&url, Some(&ca_dir)),
+        fleet_server(&url, Some(&ca_dir)),
+    ];
+    let ca = servers[0].ca_pem();
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+    let registry = PostgresRegistry::open(PostgresOptions::from_url(&url).unwrap())
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let anonymous = tls(&ca, None);
+
+    // 1,000 concurrent replays of one token, spread over the three servers:
+    // exactly one certificate.
+    let token = add_device(&servers[0], "SN-FLEET");
+    let csr = Csr::new(work.path(), "fleet", KeyType::P256, "/CN=SN-FLEET", &[]);
+    let csr_b64 = Arc::new(std::fs::read(&csr.b64).unwrap());
+    let credentials = Arc::new(format!("SN-FLEET:{token}"));
+    // 150 at once: 50 per server, within each server's 64 connections per
+    // client address (more are closed before the TLS handshake).
+    let gate = Arc::new(tokio::sync::Semaphore::new(150));
+    let mut replays = tokio::task::JoinSet::new();
+    for i in 0..1_000 {
+        let (addr, tls, csr_b64) = (addrs[i % 3].clone(), anonymous.clone(), csr_b64.clone());
+        let (credentials, gate) = (credentials.clone(), gate.clone());
+        replays.spawn(async move {
+            let _permit = gate.acquire_owned().await.unwrap();
+            let path = "/.well-known/est/simpleenroll";
+            post(&addr, tls, path, Some(&credentials), &csr_b64).await
+        });
+    }
+    let mut certificates = std::collections::BTreeSet::new();
+    let mut statuses = std::collections::BTreeMap::new();
+    while let Some(outcome) = replays.join_next().await {
+        let (status, body) = outcome.unwrap();
+        *statuses.entry(status).or_insert(0) += 1;
+        if status == 200 {
+            certificates.insert(issued(&body));
+        }
+    }
+    assert_eq!(certificates.len(), 1, "statuses {statuses:?}");
+    assert!(
+        statuses.keys().all(|s| [200, 403, 409].contains(s)),
+        "every replay is answered: issued, token used, or busy: {statuses:?}"
+    );
+    let history = registry.device_certificates("SN-FLEET").await.unwrap();
+    assert_eq!(history.len(), 1);
+    let (serial, _) = certificates.pop_first().unwrap();
+    assert_eq!(history[0].certificate.serial, serial);
+    eprintln!(
+        "1,000 replays of one token in {:?}: {statuses:?}",
+        started.elapsed()
+    );
+
+    // 100 concurrent renewals of that certificate through different
+    // servers: one successor.
+    let cert_path = work.path().join("fleet.pem");
+    let record = registry.find_by_serial(&serial).await.unwrap().unwrap();
+    std::fs::write(
+        &cert_path,
+        est_wire::pem::encode("CERTIFICATE", &record.certificate.der),
+    )
+    .unwrap();
+    let holder = tls(&ca, Some((&cert_path, &csr.key)));
+    let renewal_started = Instant::now();
+    let mut renewals = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let (addr, tls, csr_b64) = (addrs[i % 3].clone(), holder.clone(), csr_b64.clone());
+        renewals.spawn(async move {
+            post(
+                &addr,
+                tls,
+                "/.well-known/est/simplereenroll",
+                None,
+                &csr_b64,
+            )
+            .await
+        });
+    }
+    let mut successors = std::collections::BTreeSet::new();
+    let mut statuses = std::collections::BTreeMap::new();
+    while let Some(outcome) = renewals.join_next().await {
+        let (status, body) = outcome.unwrap();
+        *statuses.entry(status).or_insert(0) += 1;
+        if status == 200 {
+            successors.insert(issued(&body).0);
+        }
+    }
+    assert_eq!(successors.len(), 1, "statuses {statuses:?}");
+    assert!(!statuses.contains_key(&500), "statuses {statuses:?}");
+    let history = registry.device_certificates("SN-FLEET").await.unwrap();
+    assert_eq!(history.len(), 2, "one successor");
+    let old = registry.find_by_serial(&serial).await.unwrap().unwrap();
+    assert_eq!(old.successor.as_ref(), successors.first());
+    eprintln!(
+        "100 renewals of one certificate in {:?}: {statuses:?}",
+        renewal_started.elapsed()
+    );
+
+    // Under load, one server is killed with SIGKILL: every certificate a
+    // client received is in the registry, and no token yielded two.
+    const DEVICES: usize = 240;
+    let (devices, tokens): (Vec<_>, Vec<_>) = (0..DEVICES)
+        .map(|i| {
+            let (device, token) = est_server::devices::provision(
+                format!("SN-LOAD-{i:03}"),
+                String::new(),
+                None,
+                None,
+            );
+            (device, token.to_string())
+        })
+        .unzip();
+    let added = registry.add_devices(devices).await.unwrap();
+    assert!(added.iter().all(|added| *added));
+    let load_csrs: Vec<Arc<Vec<u8>>> = (0..DEVICES)
+        .map(|i| {
+            let id = format!("SN-LOAD-{i:03}");
+            let csr = Csr::new(work.path(), &id, KeyType::P256, &format!("/CN={id}"), &[]);
+            Arc::new(std::fs::read(&csr.b64).unwrap())
+        })
+        .collect();
+    let load_started = Instant::now();
+    let mut load = tokio::task::JoinSet::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let id = format!("SN-LOAD-{i:03}");
+        let credentials = format!("{id}:{token}");
+        let (addrs, tls, csr_b64) = (addrs.clone(), anonymous.clone(), load_csrs[i].clone());
+        load.spawn(async move {
+            // Spread over the servers; a request that found no answer (the
+            // killed server) is tried again on the next one.
+            let mut received = Vec::new();
+            for attempt in 0..3 {
+                let addr = &addrs[(i + attempt) % 3];
+                let path = "/.well-known/est/simpleenroll";
+                let (status, body) =
+                    post(addr, tls.clone(), path, Some(&credentials), &csr_b64).await;
+                if status == 200 {
+                    received.push(issued(&body));
+                    break;
+                }
+                if status != 0 && status != 503 {
+                    break;
+                }
+            }
+            (id, received)
+        });
+        if i == DEVICES / 3 {
+            let victim = servers.remove(2);
+            let pid = victim.pid();
+            let _stopped = victim.stop();
+            eprintln!("killed server pid {pid} with SIGKILL");
+        }
+    }
+    let mut received = 0;
+    while let Some(outcome) = load.join_next().await {
+        let (id, certificates) = outcome.unwrap();
+        let history = registry.device_certificates(&id).await.unwrap();
+        assert!(
+            history.len() <= 1,
+            "{id}: a token yielded {}",
+            history.len()
+        );
+        for (serial, fingerprint) in certificates {
+            assert!(
+                registry
+                    .find_presented(&serial, &fingerprint)
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "{id}: certificate {serial} was delivered but is not in the registry"
+            );
+            received += 1;
+        }
+    }
+    eprintln!(
+        "{DEVICES} token enrollments with a server killed: {received} delivered in {:?}",
+        load_started.elapsed()
+    );
+    assert!(
+        received > DEVICES / 2,
+        "only {received} enrollments succeeded"
+    );
+    for server in &servers {
+        assert!(!server.log().contains("panicked"), "{}", server.log());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// `registry migrate` finds the schema a server made current; with the
+/// database down, an enrollment answers 503 (retry later), not 500.
+#[test]
+fn enrollment_answers_503_while_the_database_is_down() {
+    let pg = Postgres::start();
+    let url = pg.create_database("down");
+    let server = fleet_server(&url, None);
+    let work = tempfile::tempdir().unwrap();
+    let csr = Csr::new(work.path(), "d", KeyType::P256, "/CN=db-down", &[]);
+    enroll_basic(&server, None, &csr, &work.path().join("up.pem"));
+    let known = est_server::registry::postgres::SCHEMA_VERSION;
+    let migrated = server.admin(&["registry", "migrate"]);
+    assert!(
+        migrated.contains(&format!("registry schema version {known} -> {known}")),
+        "{migrated}"
+    );
+    drop(pg);
+    let again = Csr::new(work.path(), "d2", KeyType::P256, "/CN=db-down-2", &[]);
+    let response = post_csr(
+        &server,
+        None,
+        "simpleenroll",
+        &again.b64,
+        &["-u", "estuser:estpwd"],
+    );
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+}
+
+/// With rotation on two servers, exactly one leads the audit (the registry
+/// lease); when it is killed, the other takes over once the lease ends.
+#[test]
+fn one_server_leads_the_rotation_audit() {
+    let pg = Postgres::start();
+    let url = pg.create_database("lead");
+    let broker = Mosquitto::free_port();
+    let rotation = |id: &str| {
+        format!(
+            "[rotation]\nenabled = true\nbroker = \"127.0.0.1:{broker}\"\nclient_id = \"{id}\"\n\
+             expiring_within = \"1d\"\naudit_interval = \"1s\"\n"
+        )
+    };
+    let first = fleet_server_with(&url, None, &rotation("orch-a"));
+    let ca_dir = first.path("ca");
+    let second = fleet_server_with(&url, Some(&ca_dir), &rotation("orch-b"));
+    let leads = |server: &Server| server.log().contains("this server leads the audit");
+    assert!(
+        wait_for(Duration::from_secs(15), || leads(&first) || leads(&second)),
+        "nobody leads:\n{}\n{}",
+        first.log(),
+        second.log()
+    );
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(
+        leads(&first) != leads(&second),
+        "exactly one leads:\n{}\n{}",
+        first.log(),
+        second.log()
+    );
+    let (leader, follower) = if leads(&first) {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let killed = Instant::now();
+    drop(leader.stop());
+    assert!(
+        wait_for(Duration::from_secs(50), || leads(&follower)),
+        "no takeover:\n{}",
+        follower.log()
+    );
+    eprintln!(
+        "audit lead taken over {:?} after the leader was killed",
+        killed.elapsed()
+    );
+}
