@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use crate::config::{AuthMethod, LabelConfig, Limits, UserConfig};
 use crate::error::EstError;
 use crate::keyed_locks::KeyedLocks;
-use crate::password::PasswordChecker;
+use crate::password::{PasswordChecker, Session};
 use crate::registry::{CertState, CertificateRecord, DeviceState, Registry};
 use crate::router::Operation;
 
@@ -67,7 +67,12 @@ pub fn parse_basic(header: &[u8]) -> Result<BasicCredentials, EstError> {
 /// Configured Basic users with their argon2 hashes.
 pub struct Users {
     hashes: HashMap<String, String>,
-    /// Argon2 checks, one at a time on one buffer (see [`crate::password`]).
+    /// Checked for names that are no user (nor a device with the right
+    /// token), so their failures take as long as a wrong password: the
+    /// costliest configured hash (its result is never taken), else
+    /// [`DECOY_HASH`].
+    decoy: String,
+    /// Argon2 checks on a few buffers, in turns per address (see [`crate::password`]).
     checker: PasswordChecker,
     /// Recently verified credentials, as HMAC-SHA256 under a per-process
     /// random key (never the password), so a client that authenticates on
@@ -76,8 +81,8 @@ pub struct Users {
     cache_key: aws_lc_rs::hmac::Key,
 }
 
-/// Checked instead of a real hash for unknown users, so timing does not
-/// reveal which names exist (the argon2id hash of a constant, default cost).
+/// Checked instead of a real hash for unknown names when no user is
+/// configured (the argon2id hash of a constant, default cost).
 const DECOY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$GCvVV0DWUx3pOAfTKA0e9A$wQtVU/+GrF1RjyfhdZpAoNqvBy9LYAj/zKS3fW2G6yY";
 
 /// How long a verified Basic credential is remembered.
@@ -88,14 +93,26 @@ const VERIFIED_MAX: usize = 10_000;
 impl Users {
     /// Builds the user table (hashes were checked when the config loaded).
     pub fn new(users: &[UserConfig]) -> Self {
-        let hashes = users
+        let hashes: HashMap<String, String> = users
             .iter()
             .map(|u| (u.name.clone(), u.password_hash.clone()))
             .collect();
+        let cost = |phc: &str| {
+            argon2::PasswordHash::new(phc)
+                .ok()
+                .and_then(|parsed| argon2::Params::try_from(&parsed).ok())
+                .map_or(0, |p| u64::from(p.m_cost()) * u64::from(p.t_cost()))
+        };
+        let decoy = hashes
+            .values()
+            .max_by_key(|phc| cost(phc))
+            .cloned()
+            .unwrap_or_else(|| DECOY_HASH.to_owned());
         let rng = aws_lc_rs::rand::SystemRandom::new();
         Self {
             hashes,
-            checker: PasswordChecker::new(),
+            decoy,
+            checker: PasswordChecker::default(),
             verified: std::sync::Mutex::new(HashMap::new()),
             cache_key: aws_lc_rs::hmac::Key::generate(aws_lc_rs::hmac::HMAC_SHA256, &rng)
                 .expect("system randomness"),
@@ -114,33 +131,62 @@ impl Users {
     }
 
     /// True when `credentials` name a configured user with the right password.
-    /// Runs on a blocking thread: argon2 is deliberately slow.
-    pub async fn verify(self: &Arc<Self>, credentials: BasicCredentials) -> bool {
+    /// The argon2 check waits for its turn among `peer`'s and other
+    /// addresses' checks (see [`crate::password`]), then runs on a blocking
+    /// thread: argon2 is deliberately slow.
+    pub async fn verify(
+        self: &Arc<Self>,
+        credentials: BasicCredentials,
+        peer: Option<IpAddr>,
+    ) -> bool {
         let fingerprint = self.credential_fingerprint(&credentials);
         if self.recently_verified(&fingerprint) {
             return true;
         }
         let users = self.clone();
-        tokio::task::spawn_blocking(move || {
-            users.checker.exclusive(|session| {
-                // Concurrent requests with the same credentials wait here;
-                // the first one's success serves them all.
-                if users.recently_verified(&fingerprint) {
-                    return true;
-                }
-                let (hash, known) = match users.hashes.get(&credentials.user) {
-                    Some(hash) => (hash.as_str(), true),
-                    None => (DECOY_HASH, false),
-                };
-                let verified = session.verify(credentials.password.as_bytes(), hash) && known;
-                if verified {
-                    users.remember(fingerprint);
-                }
-                verified
-            })
+        self.check(peer, move |session| {
+            // Concurrent requests with the same credentials wait for their
+            // turns; the first one's success serves the others, whose turns
+            // are not held against their address.
+            if users.recently_verified(&fingerprint) {
+                session.unused();
+                return true;
+            }
+            let (hash, known) = match users.hashes.get(&credentials.user) {
+                Some(hash) => (hash.as_str(), true),
+                None => (users.decoy.as_str(), false),
+            };
+            let verified = session.verify(credentials.password.as_bytes(), hash) && known;
+            if verified {
+                users.remember(fingerprint);
+            }
+            verified
         })
         .await
-        .unwrap_or(false)
+    }
+
+    /// One argon2 check against the decoy hash, as long as a wrong password
+    /// takes: what a failed device token costs too, so the time of a
+    /// failure does not tell which kind of name was tried.
+    pub async fn decoy(&self, password: Zeroizing<String>, peer: Option<IpAddr>) {
+        let decoy = self.decoy.clone();
+        self.check(peer, move |session| {
+            session.verify(password.as_bytes(), &decoy)
+        })
+        .await;
+    }
+
+    /// Runs `check` on one of the checker's buffers, in `peer`'s turn, on a
+    /// blocking thread.
+    async fn check(
+        &self,
+        peer: Option<IpAddr>,
+        check: impl FnOnce(&mut Session) -> bool + Send + 'static,
+    ) -> bool {
+        let mut session = self.checker.session(peer).await;
+        tokio::task::spawn_blocking(move || check(&mut session))
+            .await
+            .unwrap_or(false)
     }
 
     fn credential_fingerprint(&self, credentials: &BasicCredentials) -> [u8; 32] {
@@ -436,27 +482,35 @@ impl Authenticator {
         }
         let outcome = if is_token {
             let _device = self.devices.lock(&basic.user).await;
-            self.device_token(label_name, basic).await
+            self.device_token(label_name, basic, credentials.peer).await
         } else {
             let name = basic.user.clone();
-            if self.users.verify(basic).await {
+            if self.users.verify(basic, credentials.peer).await {
                 Ok(Principal::User { name })
             } else {
                 tracing::info!(user = %name, "wrong Basic credentials");
-                Err(EstError::Unauthorized("wrong user name or password".into()))
+                Err(wrong_credentials(allows_users, allows_tokens))
             }
         };
         if matches!(outcome, Err(EstError::Unauthorized(_))) {
             self.failures.record(credentials.peer);
         }
-        outcome
+        // One answer for every wrong name, password or token on this label.
+        outcome.map_err(|e| match e {
+            EstError::Unauthorized(_) => wrong_credentials(allows_users, allows_tokens),
+            e => e,
+        })
     }
 
-    /// Checks `serial:token` against the device registry (constant-time on the hashes).
+    /// Checks `serial:token` against the device registry (constant-time on
+    /// the hashes). A failure also runs the decoy argon2 check, so it takes
+    /// as long as a wrong user password; its error is replaced by the
+    /// label's one message.
     async fn device_token(
         &self,
         label_name: &str,
         basic: BasicCredentials,
+        peer: Option<IpAddr>,
     ) -> Result<Principal, EstError> {
         let wrong = || EstError::Unauthorized("unknown device or wrong enrollment token".into());
         let Some(device) = self
@@ -465,10 +519,38 @@ impl Authenticator {
             .await
             .map_err(EstError::from)?
         else {
+            self.users.decoy(basic.password, peer).await;
             return Err(wrong());
         };
+        let presented = est_wire::sha256_hex(basic.password.as_bytes());
+        let matches: bool = subtle::ConstantTimeEq::ct_eq(
+            presented.as_bytes(),
+            device.device.token_hash.as_bytes(),
+        )
+        .into();
         let now = crate::registry::unix_now();
-        if let Some(until) = device.locked_until.filter(|until| *until > now) {
+        let locked_until = device.locked_until.filter(|until| *until > now);
+        if !matches {
+            tracing::info!(device = %device.device.id, "wrong enrollment token");
+            // A locked device answers a wrong token like any other failure
+            // (only the right token learns of the lock), so a lock does not
+            // tell which serials exist; it counts no further attempts.
+            if locked_until.is_some() {
+                self.users.decoy(basic.password, peer).await;
+                return Err(wrong());
+            }
+            let (recorded, ()) = tokio::join!(
+                self.registry.record_failed_attempt(
+                    &device.device.id,
+                    self.limits.token_lockout_after,
+                    self.limits.token_lockout.as_secs() as i64,
+                ),
+                self.users.decoy(basic.password, peer),
+            );
+            recorded.map_err(EstError::internal)?;
+            return Err(wrong());
+        }
+        if let Some(until) = locked_until {
             return Err(EstError::TooManyRequests {
                 retry_after_secs: (until - now) as u64,
                 message: format!(
@@ -476,24 +558,6 @@ impl Authenticator {
                     device.device.id
                 ),
             });
-        }
-        let presented = est_wire::sha256_hex(basic.password.as_bytes());
-        let matches: bool = subtle::ConstantTimeEq::ct_eq(
-            presented.as_bytes(),
-            device.device.token_hash.as_bytes(),
-        )
-        .into();
-        if !matches {
-            tracing::info!(device = %device.device.id, "wrong enrollment token");
-            self.registry
-                .record_failed_attempt(
-                    &device.device.id,
-                    self.limits.token_lockout_after,
-                    self.limits.token_lockout.as_secs() as i64,
-                )
-                .await
-                .map_err(EstError::internal)?;
-            return Err(wrong());
         }
         if device.device.label != label_name {
             return Err(EstError::Forbidden(format!(
@@ -596,6 +660,19 @@ impl Authenticator {
     }
 }
 
+/// The one answer to a wrong user name, password or device token on a
+/// label, whichever of them was wrong, so it does not tell which names exist.
+fn wrong_credentials(allows_users: bool, allows_tokens: bool) -> EstError {
+    EstError::Unauthorized(
+        match (allows_users, allows_tokens) {
+            (true, true) => "wrong user name, password or enrollment token",
+            (false, true) => "unknown device or wrong enrollment token",
+            _ => "wrong user name or password",
+        }
+        .into(),
+    )
+}
+
 /// Why a superseded certificate is refused.
 pub(crate) fn superseded_reason(record: &CertificateRecord) -> String {
     format!(
@@ -694,13 +771,13 @@ mod tests {
             user: u.into(),
             password: Zeroizing::new(p.into()),
         };
-        assert!(users.verify(creds("estuser", "estpwd")).await);
-        assert!(!users.verify(creds("estuser", "wrong")).await);
-        assert!(!users.verify(creds("nobody", "estpwd")).await);
+        assert!(users.verify(creds("estuser", "estpwd"), None).await);
+        assert!(!users.verify(creds("estuser", "wrong"), None).await);
+        assert!(!users.verify(creds("nobody", "estpwd"), None).await);
         // Remembered: the second check is fast, and a wrong password still fails.
         let started = std::time::Instant::now();
-        assert!(users.verify(creds("estuser", "estpwd")).await);
+        assert!(users.verify(creds("estuser", "estpwd"), None).await);
         assert!(started.elapsed() < std::time::Duration::from_millis(5));
-        assert!(!users.verify(creds("estuser", "estpwd2")).await);
+        assert!(!users.verify(creds("estuser", "estpwd2"), None).await);
     }
 }

@@ -255,21 +255,27 @@ enum PendingAction {
 
 #[derive(Subcommand)]
 enum CertsAction {
-    /// List issued certificates, newest first.
+    /// List issued certificates, newest first (the newest 100 unless told).
     List {
         /// At most this many.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, conflicts_with = "all")]
         limit: usize,
+        /// All of them.
+        #[arg(long)]
+        all: bool,
     },
     /// Revoke a certificate: it can no longer authenticate or be renewed.
     Revoke {
-        /// Serial number, hex.
+        /// Serial number, hex in any spelling: `0A:1B`, `0a1b`, `0x0A1B`, `serial=0A1B`.
         serial: String,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        die_on_broken_pipe();
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EST_LOG")
@@ -300,6 +306,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Lets an admin command end quietly, as Unix tools do, when its reader
+/// goes away (`est-server certs list | head`). Rust starts programs with
+/// SIGPIPE ignored, which turns that into a `println!` panic; the server
+/// keeps ignoring it (a client closing its socket is no reason to stop).
+fn die_on_broken_pipe() {
+    // SAFETY: restores the default disposition of one signal before any
+    // other thread exists; no handler code is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -431,8 +449,14 @@ async fn pending(target: Target, action: PendingAction) -> anyhow::Result<()> {
 async fn certs(target: Target, action: CertsAction) -> anyhow::Result<()> {
     let registry = target.registry().await?;
     match action {
-        CertsAction::List { limit } => {
-            for r in registry.list_certificates(limit).await? {
+        CertsAction::List { limit, all } => {
+            let limit = if all { usize::MAX } else { limit };
+            let mut listed = registry.list_certificates(limit.saturating_add(1)).await?;
+            if listed.len() > limit {
+                listed.truncate(limit);
+                eprintln!("showing the newest {limit}; use --limit N or --all");
+            }
+            for r in listed {
                 let c = &r.certificate;
                 println!(
                     "{}  {:<10}  label={:<8} lineage={}  not_after={}  subject={}  predecessor={}  auth={}",
@@ -448,11 +472,39 @@ async fn certs(target: Target, action: CertsAction) -> anyhow::Result<()> {
             }
         }
         CertsAction::Revoke { serial } => {
-            registry.revoke(&serial.to_ascii_lowercase()).await?;
+            let serial = registry_serial(&serial)?;
+            registry.revoke(&serial).await?;
             println!("revoked {serial}");
         }
     }
     Ok(())
+}
+
+/// A serial as the registry keys it (lower-case hex of the serial's bytes
+/// without leading zero bytes, as `ca_backends::serial_hex` writes it) from
+/// any spelling an operator may paste: upper-case, with colons or spaces
+/// (`openssl x509 -text`), a `0x` or `serial=` prefix (`openssl x509
+/// -serial`), leading zeros.
+fn registry_serial(text: &str) -> anyhow::Result<String> {
+    let trimmed = text.trim();
+    let bare = ["serial=", "0x", "0X"]
+        .iter()
+        .find_map(|prefix| trimmed.strip_prefix(prefix))
+        .unwrap_or(trimmed);
+    let digits: String = bare
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        anyhow::bail!("`{text}` is not a hex serial number");
+    }
+    let significant = digits.trim_start_matches('0');
+    Ok(match significant.len() {
+        0 => "00".to_owned(),
+        n if n % 2 == 1 => format!("0{significant}"),
+        _ => significant.to_owned(),
+    })
 }
 
 /// A certificate's lineage as listed: the first 12 hex digits of its key,
@@ -642,9 +694,14 @@ async fn import(
         .mode(0o600)
         .open(tokens_out)
         .with_context(|| format!("cannot create {} (it must not exist)", tokens_out.display()))?;
-    let total = rows.len();
-    let (mut added, mut skipped, mut done) = (0usize, 0usize, 0usize);
+    let (mut added, mut skipped) = (0usize, 0usize);
     let started = std::time::Instant::now();
+    // Drawn only when stderr is a terminal; hidden in logs and pipes.
+    let progress = indicatif::ProgressBar::new(rows.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("[{bar:40}] {pos}/{len} devices")
+            .expect("a valid template")
+            .progress_chars("#> "),
+    );
     let mut writer = std::io::BufWriter::new(&mut out);
     writeln!(writer, "id,token")?;
     for chunk in rows.chunks(5000) {
@@ -666,19 +723,12 @@ async fn import(
                 skipped += 1;
             }
         }
-        done += chunk.len();
-        let width = 40;
-        let filled = (done * width).checked_div(total).unwrap_or(width);
-        eprint!(
-            "\r[{}{}] {done}/{total} devices",
-            "#".repeat(filled),
-            " ".repeat(width - filled)
-        );
+        progress.inc(chunk.len() as u64);
     }
     writer.flush()?;
     drop(writer);
     out.sync_all()?;
-    eprintln!();
+    progress.finish_and_clear();
     println!(
         "imported {added} devices ({skipped} already known, skipped) in {:.1}s; tokens in {} (0600) — hand them over and delete the file",
         started.elapsed().as_secs_f64(),
@@ -947,4 +997,27 @@ async fn rotations(target: Target, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn serials_in_any_spelling_become_the_registry_key() {
+        for (spelling, key) in [
+            ("0a1b", "0a1b"),
+            ("0A1B", "0a1b"),
+            ("0A:1B", "0a1b"),
+            ("00:0a:1b", "0a1b"),
+            ("a1b", "0a1b"),
+            ("0x0A1B", "0a1b"),
+            ("serial=0A1B", "0a1b"),
+            (" 8F:01 ", "8f01"),
+            ("00", "00"),
+        ] {
+            assert_eq!(super::registry_serial(spelling).unwrap(), key, "{spelling}");
+        }
+        for bad in ["", "xyz", "0g", ":"] {
+            assert!(super::registry_serial(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -9,10 +9,12 @@ pub mod device;
 pub mod mosquitto;
 pub mod net;
 pub mod postgres;
+pub mod raw;
 
 pub use device::*;
 pub use mosquitto::Mosquitto;
 pub use postgres::Postgres;
+pub use raw::RawClient;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -275,6 +277,14 @@ impl Server {
     /// Runs an `est-server` admin subcommand against this server's data dir.
     pub fn admin(&self, args: &[&str]) -> String {
         admin_in(self.dir.path(), args, &[])
+    }
+
+    /// An `est-server <args> --data-dir <dir>` command for this server, to
+    /// run with its own stdio.
+    pub fn admin_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(server_binary());
+        command.args(args).arg("--data-dir").arg(self.dir.path());
+        command
     }
 
     /// Runs an admin subcommand with extra environment variables (AWS credentials).

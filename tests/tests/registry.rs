@@ -38,6 +38,48 @@ fn device(label: &str, id: &str, hash: &str) -> NewDevice {
     }
 }
 
+/// After a lock has run out, counting starts again from zero: one more
+/// wrong token does not lock the device for a whole period again.
+async fn lockout_ends_cleanly(registry: &dyn Registry) {
+    assert_eq!(
+        registry
+            .add_devices(vec![device("lbl", "SN-LOCK", "h")])
+            .await
+            .unwrap(),
+        [true]
+    );
+    let locked = |d: &Device| d.locked_until.is_some_and(|until| until > unix_now());
+    // Three failures lock it; the lock (of -1 s) has already run out.
+    for _ in 0..3 {
+        registry
+            .record_failed_attempt("SN-LOCK", 3, -1)
+            .await
+            .unwrap();
+    }
+    let d = registry.device("SN-LOCK").await.unwrap().unwrap();
+    assert_eq!(d.failed_attempts, 3);
+    assert!(d.locked_until.is_some() && !locked(&d), "{d:?}");
+    registry
+        .record_failed_attempt("SN-LOCK", 3, 300)
+        .await
+        .unwrap();
+    let d = registry.device("SN-LOCK").await.unwrap().unwrap();
+    assert_eq!(d.failed_attempts, 1, "a new series");
+    assert!(!locked(&d), "{d:?}");
+    for _ in 0..2 {
+        registry
+            .record_failed_attempt("SN-LOCK", 3, 300)
+            .await
+            .unwrap();
+    }
+    let d = registry.device("SN-LOCK").await.unwrap().unwrap();
+    assert_eq!(d.failed_attempts, 3);
+    assert!(
+        locked(&d),
+        "the third failure of the new series locks: {d:?}"
+    );
+}
+
 async fn suite(registry: Arc<dyn Registry>, label: &'static str) {
     // Renewal supersedes exactly once.
     registry
@@ -418,6 +460,8 @@ async fn suite(registry: Arc<dyn Registry>, label: &'static str) {
         all.iter().map(|r| r.client_id.as_str()).collect::<Vec<_>>(),
         ["dev-a", "dev-b"]
     );
+
+    lockout_ends_cleanly(&*registry).await;
 }
 
 fn of_lineage(

@@ -112,6 +112,49 @@ fn concurrent_replays_of_one_token_yield_exactly_one_certificate() {
     );
 }
 
+/// A device whose token a request reserved, and whose server then crashed
+/// (the reservation is left to lapse), gets 409 with Retry-After, not 403:
+/// the token is not used, and a retry will succeed.
+#[test]
+fn a_device_reserved_by_a_crashed_request_is_busy_for_a_while_not_refused() {
+    use est_server::registry::Registry;
+    let server = Server::start_with(&vending_config(""), None);
+    let work = tempfile::tempdir().unwrap();
+    let token = add_device(&server, "SN-BUSY");
+    let registry =
+        est_server::registry::SqliteRegistry::open(&server.path("registry.sqlite")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // What a request that crashed mid-enrollment leaves behind.
+    runtime
+        .block_on(registry.reserve_device(
+            "SN-BUSY",
+            &est_server::devices::token_hash(&token),
+            "crashed-request",
+            est_server::registry::unix_now() + 60,
+        ))
+        .unwrap();
+    let csr = Csr::new(work.path(), "b", KeyType::P256, "/CN=SN-BUSY", &[]);
+    let response = enroll_token(&server, &csr, "SN-BUSY", &token);
+    assert_eq!(response.status, 409, "{}", response.text());
+    assert_eq!(response.header_exact("Retry-After").as_deref(), Some("5"));
+    assert!(
+        response
+            .text()
+            .contains("being enrolled by another request"),
+        "{}",
+        response.text()
+    );
+    // Once the reservation is gone, the same token enrolls.
+    runtime
+        .block_on(registry.release_device("SN-BUSY", "crashed-request"))
+        .unwrap();
+    let response = enroll_token(&server, &csr, "SN-BUSY", &token);
+    assert_eq!(response.status, 200, "{}", response.text());
+}
+
 #[test]
 fn wrong_tokens_lock_the_device_and_the_address() {
     let server = Server::start_with(
@@ -375,10 +418,11 @@ fn audit_lists_certificates_expiring_within_the_window() {
     assert!(!status.status.success());
 }
 
-/// The failure limits hold when the wrong attempts arrive all at once: 40
-/// concurrent wrong tokens for one device get exactly `token_lockout_after`
-/// 401s (the rest 429), and 40 concurrent wrong credentials from one address
-/// get exactly `failures_per_minute_per_address` 401s.
+/// The failure limits hold when the wrong attempts arrive all at once. 40
+/// concurrent wrong tokens for one device: exactly `token_lockout_after`
+/// count on the device, and its lock shows only to the right token; 40
+/// concurrent wrong credentials from one address: exactly
+/// `failures_per_minute_per_address` 401s, the rest 429.
 #[test]
 fn failure_limits_hold_under_concurrent_attempts() {
     let server = Server::start_with(
@@ -390,13 +434,18 @@ fn failure_limits_hold_under_concurrent_attempts() {
     let work = tempfile::tempdir().unwrap();
     let token = add_device(&server, "SN-BURST");
     let csr = Csr::new(work.path(), "b", KeyType::P256, "/CN=SN-BURST", &[]);
-    let statuses = |attempts: Vec<(String, String)>| {
+    let from = |address: &str, user: &str, password: &str| {
+        let credentials = format!("{user}:{password}");
+        let extra = ["-4", "--interface", address, "-u", &credentials];
+        post_csr(&server, None, "simpleenroll", &csr.b64, &extra)
+    };
+    let statuses = |address: &str, attempts: Vec<(String, String)>| {
         let mut statuses: Vec<u16> = std::thread::scope(|scope| {
             let handles: Vec<_> = attempts
                 .iter()
                 .map(|(user, password)| {
-                    let (server, csr) = (&server, &csr);
-                    scope.spawn(move || enroll_token(server, csr, user, password).status)
+                    let from = &from;
+                    scope.spawn(move || from(address, user, password).status)
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -404,29 +453,42 @@ fn failure_limits_hold_under_concurrent_attempts() {
         statuses.sort_unstable();
         statuses
     };
+    let count = |seen: &[u16], status: u16| seen.iter().filter(|s| **s == status).count();
 
-    // One device, 40 wrong tokens at once: 3 are judged, 37 wait out the lock.
+    // One device, 40 wrong tokens at once from one address: 3 count on the
+    // device and lock it; the address's 10 failures end the burst.
     let burst = (0..40)
         .map(|i| ("SN-BURST".to_owned(), format!("wrong-{i}")))
         .collect();
-    let seen = statuses(burst);
-    assert_eq!(seen.iter().filter(|s| **s == 401).count(), 3, "{seen:?}");
-    assert_eq!(seen.iter().filter(|s| **s == 429).count(), 37, "{seen:?}");
-    let response = enroll_token(&server, &csr, "SN-BURST", &token);
+    let seen = statuses("127.0.5.1", burst);
+    assert_eq!(count(&seen, 401), 10, "{seen:?}");
+    assert_eq!(count(&seen, 429), 30, "{seen:?}");
+    let show = server.admin(&["devices", "show", "SN-BURST"]);
+    assert!(show.contains("failed token attempts: 3"), "{show}");
+    // Locked: the right token is refused; a wrong one gets the usual 401,
+    // so the lock does not tell that the serial exists.
+    let response = from("127.0.5.2", "SN-BURST", &token);
     assert_eq!(response.status, 429, "locked: {}", response.text());
+    assert!(response.text().contains("locked"), "{}", response.text());
+    let response = from("127.0.5.2", "SN-BURST", "wrong");
+    assert_eq!(response.status, 401, "{}", response.text());
+    let unknown = from("127.0.5.2", "SN-NOBODY", "wrong");
+    assert_eq!(
+        (unknown.status, unknown.text()),
+        (response.status, response.text())
+    );
 
-    // One address, 40 wrong credentials for unknown devices at once: the
-    // address had 3 failures, so 7 more are judged and 33 refused.
+    // One address, 40 wrong credentials for unknown devices at once: 10
+    // are judged and 30 refused.
     let burst = (0..40)
         .map(|i| (format!("SN-NONE-{i}"), "x".to_owned()))
         .collect();
-    let seen = statuses(burst);
-    assert_eq!(seen.iter().filter(|s| **s == 401).count(), 7, "{seen:?}");
-    assert_eq!(seen.iter().filter(|s| **s == 429).count(), 33, "{seen:?}");
+    let seen = statuses("127.0.5.3", burst);
+    assert_eq!(count(&seen, 401), 10, "{seen:?}");
+    assert_eq!(count(&seen, 429), 30, "{seen:?}");
     // The address stays blocked for the rest of its minute, right token or not.
     let fresh = add_device(&server, "SN-FRESH");
-    let fresh_csr = Csr::new(work.path(), "f", KeyType::P256, "/CN=SN-FRESH", &[]);
-    let response = enroll_token(&server, &fresh_csr, "SN-FRESH", &fresh);
+    let response = from("127.0.5.3", "SN-FRESH", &fresh);
     assert_eq!(response.status, 429, "{}", response.text());
     assert!(response.header_exact("Retry-After").is_some());
 }

@@ -206,6 +206,18 @@ impl DynamoDbRegistry {
         }
     }
 
+    /// Locks device `id` against token attempts for `secs` from now.
+    async fn lock_device(&self, id: &str, secs: i64) -> Result<(), RegistryError> {
+        self.update(
+            format!("device#{id}"),
+            "SET locked_until = :until",
+            None,
+            vec![(":until", n(unix_now() + secs))],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Runs `steps` as one transaction; a failed condition becomes the
     /// error its step names (`claimed`: the device step was a claim).
     /// The transaction steps that make `serial` the live certificate of a
@@ -842,6 +854,22 @@ impl Registry for DynamoDbRegistry {
         lock_after: u32,
         lock_secs: i64,
     ) -> Result<(), RegistryError> {
+        // A lock that has run out ends the count too: this failure is the
+        // first of a new series.
+        let restarted = self
+            .update(
+                format!("device#{id}"),
+                "SET failed_attempts = :one REMOVE locked_until",
+                Some("locked_until <= :now"),
+                vec![(":one", n(1)), (":now", n(unix_now()))],
+            )
+            .await?;
+        if restarted {
+            if lock_after <= 1 {
+                self.lock_device(id, lock_secs).await?;
+            }
+            return Ok(());
+        }
         let out = self
             .client
             .update_item()
@@ -863,13 +891,7 @@ impl Registry for DynamoDbRegistry {
             Err(e) => return Err(sdk("UpdateItem", e)),
         };
         if attempts >= i64::from(lock_after) {
-            self.update(
-                format!("device#{id}"),
-                "SET locked_until = :until",
-                None,
-                vec![(":until", n(unix_now() + lock_secs))],
-            )
-            .await?;
+            self.lock_device(id, lock_secs).await?;
         }
         Ok(())
     }

@@ -796,9 +796,10 @@ impl Registry for PostgresRegistry {
         lock_after: u32,
         lock_secs: i64,
     ) -> Result<(), RegistryError> {
+        let now = unix_now();
         self.exec(
             FAILED_ATTEMPT,
-            &[&i64::from(lock_after), &(unix_now() + lock_secs), &id],
+            &[&i64::from(lock_after), &(now + lock_secs), &id, &now],
         )
         .await
         .map(drop)

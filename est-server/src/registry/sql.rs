@@ -89,9 +89,14 @@ pub(super) const ADD_DEVICE: &str =
 /// Disables a device.
 pub(super) const DISABLE_DEVICE: &str = "UPDATE devices SET state = 'disabled' WHERE id = ?1";
 /// Counts a failed token attempt (in the row, so every server sees it).
+/// A lock that has run out (`locked_until <= ?4`, now) ends the count too:
+/// the failure is the first of a new series (SET sees the old row throughout).
 pub(super) const FAILED_ATTEMPT: &str = "UPDATE devices SET
-                     failed_attempts = failed_attempts + 1,
-                     locked_until = CASE WHEN failed_attempts + 1 >= ?1 THEN ?2 ELSE locked_until END
+                     failed_attempts = CASE WHEN locked_until <= ?4 THEN 1 ELSE failed_attempts + 1 END,
+                     locked_until = CASE
+                         WHEN (CASE WHEN locked_until <= ?4 THEN 1 ELSE failed_attempts + 1 END) >= ?1 THEN ?2
+                         WHEN locked_until <= ?4 THEN NULL
+                         ELSE locked_until END
                  WHERE id = ?3";
 /// Reserves an unused device whose token matches, unless reserved.
 pub(super) const RESERVE_DEVICE: &str = "UPDATE devices SET lease_owner = ?1, lease_until = ?2

@@ -156,6 +156,32 @@ fn restart_wal(conn: &Connection) -> bool {
     }
 }
 
+/// Creates the database file readable by its owner only (0600, whatever
+/// the umask), or makes an existing one so: it holds token hashes and the
+/// issuance history.
+fn create_private(path: &Path) -> Result<(), RegistryError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| RegistryError::Task(format!("{}: {e}", path.display())))?;
+    make_private(path)
+}
+
+/// Sets mode 0600 on `path` if it exists.
+fn make_private(path: &Path) -> Result<(), RegistryError> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(RegistryError::Task(format!("{}: {e}", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Copies committed WAL frames into the database file twice a second
 /// (PASSIVE: never blocks the writer or readers).
 ///
@@ -377,10 +403,18 @@ impl SqliteRegistry {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| RegistryError::Task(e.to_string()))?;
         }
+        create_private(path)?;
         let connection = Connection::open(path).map_err(db)?;
         connection
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
+        // SQLite gives a new -wal or -shm the database file's mode; these
+        // were made by older servers or under another umask.
+        for companion in ["-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(companion);
+            make_private(Path::new(&name))?;
+        }
         connection
             .pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
@@ -841,10 +875,11 @@ impl Registry for SqliteRegistry {
     ) -> Result<(), RegistryError> {
         let id = id.to_owned();
         self.write(move |conn| {
+            let now = unix_now();
             exec(
                 conn,
                 FAILED_ATTEMPT,
-                params![lock_after, unix_now() + lock_secs, id],
+                params![lock_after, now + lock_secs, id, now],
             )
             .map_err(db)?;
             Ok(())
