@@ -14,6 +14,7 @@
 pub mod aws;
 pub mod local;
 pub mod profile;
+pub mod signer;
 mod x509;
 
 use std::time::SystemTime;

@@ -235,6 +235,9 @@ pub struct CaConfig {
     /// hierarchy trusted for client authentication never issues subordinate CAs.
     #[serde(default)]
     pub client_auth: Option<bool>,
+    /// Where the issuing CA's key is: `file` (default, in `dir`) or `pkcs11`.
+    #[serde(default)]
+    pub signer: ca_backends::signer::SignerConfig,
 }
 
 impl Default for CaConfig {
@@ -245,6 +248,7 @@ impl Default for CaConfig {
             root_subject: default_root_subject(),
             issuing_subject: default_issuing_subject(),
             client_auth: None,
+            signer: Default::default(),
         }
     }
 }

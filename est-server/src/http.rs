@@ -400,7 +400,9 @@ pub async fn current_crl(
             )
         })
         .collect();
-    Ok(ca.crl(&revoked, std::time::Duration::from_secs(24 * 3600))?)
+    Ok(ca
+        .crl(&revoked, std::time::Duration::from_secs(24 * 3600))
+        .await?)
 }
 
 /// Path of the JSON façade.
