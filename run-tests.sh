@@ -12,6 +12,10 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v prlimit >/dev/null || need_apt+=(util-linux)
 # The MQTT broker for the rotation tests (tests/src/mosquitto.rs starts its own instance).
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || need_apt+=(mosquitto)
+# The PKCS#11 signer tests (tests/tests/signers.rs) make SoftHSM2 tokens and
+# check key attributes with pkcs11-tool (OpenSC).
+[ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v softhsm2-util >/dev/null || need_apt+=(softhsm2)
+command -v pkcs11-tool >/dev/null || need_apt+=(opensc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
