@@ -429,3 +429,53 @@ fn offline_root_signs_the_issuing_csr_and_import_checks_key_and_chain() {
     ]);
     assert!(String::from_utf8_lossy(&out).contains(": OK"));
 }
+
+#[test]
+fn token_taken_away_while_running_answers_503_and_recovers_when_back() {
+    let hsm = SoftHsm::new("est-ca", "3333");
+    let dir = data_dir(&hsm.signer_toml("ca", "issuing"));
+    ok(est_server(
+        dir.path(),
+        &["ca", "init", "--signer", "pkcs11"],
+        &hsm.env(),
+    ));
+    let server = Server::start_in(dir, &hsm.env());
+    let work = tempfile::tempdir().unwrap();
+    let csr = Csr::new(work.path(), "d", KeyType::P256, "/CN=hsm-away", &[]);
+    let enroll = || {
+        post_csr(
+            &server,
+            None,
+            "simpleenroll",
+            &csr.b64,
+            &["-u", "estuser:estpwd"],
+        )
+    };
+    assert_eq!(enroll().status, 200);
+
+    // "Pull" the token: its directory goes away.
+    let tokens = hsm.dir.path().join("tokens");
+    let away = hsm.dir.path().join("away");
+    std::fs::rename(&tokens, &away).unwrap();
+    std::fs::create_dir(&tokens).unwrap();
+    let response = enroll();
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert!(
+        server.log().contains("PKCS#11 signing failed"),
+        "{}",
+        server.log()
+    );
+
+    std::fs::remove_dir(&tokens).unwrap();
+    std::fs::rename(&away, &tokens).unwrap();
+    // The module is re-initialised at most once a second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let response = enroll();
+    assert_eq!(
+        response.status,
+        200,
+        "{}\n{}",
+        response.text(),
+        server.log()
+    );
+}

@@ -10,7 +10,7 @@
 //! signer recovers by itself once the token is back.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cryptoki::context::{CInitializeArgs, Pkcs11};
@@ -136,30 +136,80 @@ impl Pkcs11Config {
     }
 }
 
-/// One PKCS#11 library per module path: a module is initialised once per process.
-fn context(module: &PathBuf) -> Result<Pkcs11, CaError> {
-    static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
-    let mut contexts = CONTEXTS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(ctx) = contexts.get(module) {
-        return Ok(ctx.clone());
+/// One loaded PKCS#11 module (a module is initialised once per process),
+/// shared by every signer that uses it, and re-initialised when a token
+/// cannot be found any more: many modules (SoftHSM2 among them) only see a
+/// token that came back after `C_Finalize` + `C_Initialize`.
+struct Library {
+    module: PathBuf,
+    state: Mutex<LibraryState>,
+}
+
+struct LibraryState {
+    ctx: Option<Pkcs11>,
+    generation: u64,
+    reinitialised_at: Option<std::time::Instant>,
+}
+
+impl Library {
+    fn for_module(module: &Path) -> Arc<Library> {
+        static LIBRARIES: OnceLock<Mutex<HashMap<PathBuf, Arc<Library>>>> = OnceLock::new();
+        let mut libraries = LIBRARIES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        libraries
+            .entry(module.to_path_buf())
+            .or_insert_with(|| {
+                Arc::new(Library {
+                    module: module.to_path_buf(),
+                    state: Mutex::new(LibraryState {
+                        ctx: None,
+                        generation: 0,
+                        reinitialised_at: None,
+                    }),
+                })
+            })
+            .clone()
     }
-    let ctx = Pkcs11::new(module)
-        .map_err(|e| CaError::Internal(format!("PKCS#11 module {}: {e}", module.display())))?;
-    match ctx.initialize(CInitializeArgs::OsThreads) {
-        Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => {
-            return Err(CaError::Internal(format!(
-                "PKCS#11 module {}: C_Initialize: {}",
-                module.display(),
-                rv_text(&e)
-            )))
+
+    /// The initialised module and its generation.
+    fn context(&self) -> Result<(Pkcs11, u64), P11Text> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ctx) = &state.ctx {
+            return Ok((ctx.clone(), state.generation));
+        }
+        let ctx = Pkcs11::new(&self.module).map_err(|e| P11Text {
+            text: format!("PKCS#11 module {}: {e}", self.module.display()),
+            transient: false,
+        })?;
+        match ctx.initialize(CInitializeArgs::OsThreads) {
+            Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => {
+                return Err(P11Text::from_error(
+                    &format!("PKCS#11 module {}: C_Initialize", self.module.display()),
+                    &e,
+                ))
+            }
+        }
+        state.ctx = Some(ctx.clone());
+        Ok((ctx, state.generation))
+    }
+
+    /// Drops the module's context (finalising it once the last session
+    /// using it is gone) so the next use initialises it afresh; at most once
+    /// a second, and not again for a generation already replaced.
+    fn reinitialise(&self, seen: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = state
+            .reinitialised_at
+            .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1));
+        if state.generation == seen && !recent {
+            state.ctx = None;
+            state.generation += 1;
+            state.reinitialised_at = Some(std::time::Instant::now());
         }
     }
-    contexts.insert(module.clone(), ctx.clone());
-    Ok(ctx)
 }
 
 /// A session logged in as the user, on the configured token.
@@ -181,8 +231,9 @@ fn login(ctx: &Pkcs11, config: &Pkcs11Config, pin: &AuthPin, rw: bool) -> Result
 }
 
 fn find_slot(ctx: &Pkcs11, config: &Pkcs11Config) -> Result<Slot, P11Text> {
+    // Token by token: one slot in a bad state must not hide the others.
     let slots = ctx
-        .get_slots_with_initialized_token()
+        .get_slots_with_token()
         .map_err(|e| P11Text::from_error("C_GetSlotList", &e))?;
     for slot in slots {
         let Ok(info) = ctx.get_token_info(slot) else {
@@ -227,7 +278,8 @@ impl P11Text {
                     | RvError::KeyHandleInvalid
                     | RvError::ObjectHandleInvalid
                     | RvError::GeneralError
-                    | RvError::FunctionFailed,
+                    | RvError::FunctionFailed
+                    | RvError::CryptokiNotInitialized,
                 _
             )
         );
@@ -255,19 +307,21 @@ fn rv_text(e: &P11Error) -> String {
 struct Pooled {
     session: Session,
     key: ObjectHandle,
+    generation: u64,
 }
 
 struct Inner {
     config: Pkcs11Config,
     pin: AuthPin,
-    ctx: Pkcs11,
+    library: Arc<Library>,
     kind: KeyKind,
     idle: Mutex<Vec<Pooled>>,
 }
 
 impl Inner {
     fn open_session(&self) -> Result<Pooled, P11Text> {
-        let session = login(&self.ctx, &self.config, &self.pin, false)?;
+        let (ctx, generation) = self.library.context()?;
+        let session = login(&ctx, &self.config, &self.pin, false)?;
         let template = self
             .config
             .key_template(ObjectClass::PRIVATE_KEY)
@@ -288,7 +342,11 @@ impl Inner {
                 ),
                 transient: false,
             })?;
-        Ok(Pooled { session, key })
+        Ok(Pooled {
+            session,
+            key,
+            generation,
+        })
     }
 
     fn sign_with(&self, pooled: &Pooled, tbs: &[u8]) -> Result<Vec<u8>, P11Error> {
@@ -314,11 +372,13 @@ impl Inner {
         }
     }
 
-    /// Signs on a pooled session; on failure drops every idle session (the
-    /// token probably went away) and tries once more on a fresh one.
+    /// Signs on a pooled session. On failure drops every idle session (the
+    /// token probably went away) and tries a fresh one; if the token cannot
+    /// be found, re-initialises the module and tries once more.
     fn sign_blocking(&self, tbs: &[u8]) -> Result<Vec<u8>, SignerError> {
         let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut first_error = None;
+        let mut reasons = Vec::new();
+        let mut generation = None;
         if let Some(pooled) = taken {
             match self.sign_with(&pooled, tbs) {
                 Ok(signature) => {
@@ -326,27 +386,47 @@ impl Inner {
                     return Ok(signature);
                 }
                 Err(e) => {
-                    first_error = Some(P11Text::from_error("C_Sign", &e).text);
+                    reasons.push(P11Text::from_error("C_Sign", &e).text);
+                    generation = Some(pooled.generation);
                     self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 }
             }
         }
-        let pooled = self.open_session().map_err(|e| {
-            let text = match &first_error {
-                Some(first) => format!("{first}; reopening: {}", e.text),
-                None => e.text,
-            };
-            if e.transient {
-                SignerError::Unavailable(text)
-            } else {
-                SignerError::Failed(text)
+        for attempt in 0..2 {
+            match self.open_session() {
+                Ok(pooled) => {
+                    let signature = self.sign_with(&pooled, tbs).map_err(|e| {
+                        reasons.push(P11Text::from_error("C_Sign", &e).text);
+                        SignerError::Unavailable(reasons.join("; "))
+                    })?;
+                    self.give_back(pooled);
+                    return Ok(signature);
+                }
+                Err(e) if e.transient && attempt == 0 => {
+                    reasons.push(e.text);
+                    self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    let seen = match generation {
+                        Some(generation) => generation,
+                        None => match self.library.context() {
+                            Ok((_, generation)) => generation,
+                            Err(_) => continue,
+                        },
+                    };
+                    self.library.reinitialise(seen);
+                }
+                Err(e) => {
+                    let transient = e.transient;
+                    reasons.push(e.text);
+                    let text = reasons.join("; then ");
+                    return Err(if transient {
+                        SignerError::Unavailable(text)
+                    } else {
+                        SignerError::Failed(text)
+                    });
+                }
             }
-        })?;
-        let signature = self
-            .sign_with(&pooled, tbs)
-            .map_err(|e| SignerError::Unavailable(P11Text::from_error("C_Sign", &e).text))?;
-        self.give_back(pooled);
-        Ok(signature)
+        }
+        Err(SignerError::Unavailable(reasons.join("; then ")))
     }
 
     fn give_back(&self, pooled: Pooled) {
@@ -378,7 +458,8 @@ impl Pkcs11Signer {
     /// A wrong PIN, a missing token or key is an error naming what is wrong.
     pub fn open(config: &Pkcs11Config) -> Result<Self, CaError> {
         let pin = config.pin()?;
-        let ctx = context(&config.module)?;
+        let library = Library::for_module(&config.module);
+        let (ctx, _) = library.context()?;
         let session = login(&ctx, config, &pin, false)?;
         let public_key = read_public_key(&session, config)?;
         let kind = est_wire::csr::key_kind_of(&public_key)
@@ -387,13 +468,13 @@ impl Pkcs11Signer {
         let inner = Inner {
             config: config.clone(),
             pin,
-            ctx,
+            library,
             kind,
             idle: Mutex::new(Vec::new()),
         };
+        drop((session, ctx));
         let first = inner.open_session()?;
         inner.give_back(first);
-        drop(session);
         Ok(Self {
             inner: Arc::new(inner),
             public_key,
@@ -407,7 +488,7 @@ impl Pkcs11Signer {
     /// extractable. Returns the signer for it.
     pub fn generate(config: &Pkcs11Config, algorithm: KeyAlgorithm) -> Result<Self, CaError> {
         let pin = config.pin()?;
-        let ctx = context(&config.module)?;
+        let (ctx, _) = Library::for_module(&config.module).context()?;
         let session = login(&ctx, config, &pin, true)?;
         let existing = session
             .find_objects(&config.key_template(ObjectClass::PRIVATE_KEY)?)
@@ -464,7 +545,7 @@ impl Pkcs11Signer {
             .generate_key_pair(&mechanism, &public, &private)
             .map_err(|e| P11Text::from_error("C_GenerateKeyPair", &e))?;
         tracing::info!(key = %config.key_text(), token = %config.token_text(), "generated a CA key pair in the token");
-        drop(session);
+        drop((session, ctx));
         Self::open(config)
     }
 }
