@@ -238,6 +238,11 @@ pub struct CaConfig {
     /// Where the issuing CA's key is: `file` (default, in `dir`) or `pkcs11`.
     #[serde(default)]
     pub signer: ca_backends::signer::SignerConfig,
+    /// A PEM copy of the CRL kept current (Mosquitto's `crlfile`): written at
+    /// start, hourly, and after every `certs revoke` / `devices revoke`,
+    /// each time atomically (temporary file + rename). `[ca]` only.
+    #[serde(default)]
+    pub crl_file: Option<PathBuf>,
 }
 
 impl Default for CaConfig {
@@ -249,6 +254,7 @@ impl Default for CaConfig {
             issuing_subject: default_issuing_subject(),
             client_auth: None,
             signer: Default::default(),
+            crl_file: None,
         }
     }
 }
@@ -542,6 +548,9 @@ impl Config {
         resolve(&mut self.tls.key);
         self.tls.bootstrap_trust.iter_mut().for_each(resolve);
         resolve(&mut self.ca.dir);
+        if let Some(path) = &mut self.ca.crl_file {
+            resolve(path);
+        }
         self.cas.values_mut().for_each(|ca| resolve(&mut ca.dir));
         resolve(&mut self.registry.path);
         let resolve_label = |label: &mut LabelConfig| {

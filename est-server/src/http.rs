@@ -405,6 +405,46 @@ pub async fn current_crl(
         .await?)
 }
 
+/// Writes the current CRL as PEM to `path` atomically: a temporary file in
+/// the same directory, synced, then renamed over `path`, so a reader
+/// (Mosquitto's `crlfile`) sees the old CRL or the new one, never half.
+pub async fn write_crl_file(
+    registry: &dyn Registry,
+    ca: &ca_backends::local::LocalCa,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let der = current_crl(registry, ca)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pem = est_wire::pem::encode("X509 CRL", &der);
+    let name = path
+        .file_name()
+        .with_context(|| format!("crl_file {} names no file", path.display()))?;
+    let temporary = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    let mut file = std::fs::File::create(&temporary)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    file.write_all(pem.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+/// Rewrites `[ca] crl_file` when one is configured (after a revocation).
+pub async fn refresh_crl_file(
+    config: &crate::config::Config,
+    registry: &dyn Registry,
+) -> anyhow::Result<()> {
+    if let Some(path) = &config.ca.crl_file {
+        let ca = crate::server::open_ca(config).await?;
+        write_crl_file(registry, &ca, path).await?;
+        println!("rewrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// Path of the JSON façade.
 const CVM_PATH: &str = "/cvm/v1/certificates";
 

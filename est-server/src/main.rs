@@ -432,6 +432,7 @@ async fn certs(target: Target, action: CertsAction) -> anyhow::Result<()> {
         }
         CertsAction::Revoke { serial } => {
             registry.revoke(&serial.to_ascii_lowercase()).await?;
+            est_server::http::refresh_crl_file(&target.config()?, &*registry).await?;
             println!("revoked {serial}");
         }
     }
@@ -580,6 +581,7 @@ async fn devices(target: Target, action: DevicesAction) -> anyhow::Result<()> {
                 }
             }
             println!("disabled {id} and revoked {revoked} active certificate(s)");
+            est_server::http::refresh_crl_file(&target.config()?, &*registry).await?;
         }
     }
     Ok(())

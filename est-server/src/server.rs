@@ -231,6 +231,22 @@ pub async fn run(
             }
         });
     }
+    if let Some(path) = config.ca.crl_file.clone() {
+        // At start (a failure stops it) and hourly: the CRL lasts a day, and
+        // retirements made by this server belong in it too.
+        crate::http::write_crl_file(&*state.registry, &ca, &path).await?;
+        let (registry, ca) = (state.registry.clone(), ca.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if let Err(e) = crate::http::write_crl_file(&*registry, &ca, &path).await {
+                    tracing::error!(error = %format!("{e:#}"), file = %path.display(), "cannot rewrite the CRL file");
+                }
+            }
+        });
+    }
     if let Some(rotation) = config.rotation.clone().filter(|r| r.enabled) {
         // Fails now (not in the background) when no certificate can be had.
         crate::rotation::mqtt::client_pair(&rotation, &ca, &config.ca.dir).await?;

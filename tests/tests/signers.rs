@@ -67,7 +67,11 @@ fn start_fails(dir: &Path, env: &[(&str, String)]) -> String {
 #[test]
 fn pkcs11_ca_enrolls_renews_and_signs_the_crl_with_a_key_that_never_leaves_the_token() {
     let hsm = SoftHsm::new("est-ca", "4321");
-    let dir = data_dir(&hsm.signer_toml("ca", "issuing"));
+    let dir = data_dir(&format!(
+        "[ca]\ncrl_file = \"mosquitto/crl.pem\"\n{}",
+        hsm.signer_toml("ca", "issuing")
+    ));
+    std::fs::create_dir(dir.path().join("mosquitto")).unwrap();
     let init = ok(est_server(
         dir.path(),
         &["ca", "init", "--signer", "pkcs11"],
@@ -101,6 +105,10 @@ fn pkcs11_ca_enrolls_renews_and_signs_the_crl_with_a_key_that_never_leaves_the_t
     assert_eq!(objects.matches("always sensitive").count(), 2, "{objects}");
 
     let server = Server::start_in(dir, &hsm.env());
+    assert!(
+        server.path("mosquitto/crl.pem").exists(),
+        "written at start"
+    );
     let work = tempfile::tempdir().unwrap();
     let first = Csr::new(work.path(), "d1", KeyType::P256, "/CN=hsm-device-1", &[]);
     let cert1 = work.path().join("1.pem");
@@ -136,7 +144,7 @@ fn pkcs11_ca_enrolls_renews_and_signs_the_crl_with_a_key_that_never_leaves_the_t
 
     // Revoke and fetch the CRL the token signs; openssl checks its signature.
     let serial = serial_of(&cert3);
-    server.admin(&["certs", "revoke", &serial]);
+    server.admin_env(&["certs", "revoke", &serial], &hsm.env());
     let crl = server.curl(&["-o", "-", &server.url("/crl")]);
     assert_eq!(crl.status, 200);
     let crl_path = work.path().join("crl.der");
