@@ -236,6 +236,8 @@ async fn handle_in_span(
     let measured = enrollment_metric_labels(state, method.as_str(), &path);
     let response = if path == CVM_PATH {
         cvm(state, connection, request, request_id).await
+    } else if crate::ocsp::is_ocsp_path(&path) {
+        crate::ocsp::handle(state, request).await
     } else if path == CRL_PATH && request.method() == hyper::Method::GET {
         match crl(state).await {
             Ok(response) => response,
@@ -564,7 +566,8 @@ fn check_body_headers(headers: &hyper::HeaderMap, limit: usize) -> Result<(), Es
 }
 
 /// Reads at most `limit` bytes; a longer body is drained (within bounds) and refused.
-async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, EstError> {
+/// Reads a request body of at most `limit` bytes.
+pub(crate) async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, EstError> {
     let mut collected = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame
