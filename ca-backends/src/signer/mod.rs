@@ -161,3 +161,82 @@ pub fn fingerprint(der: &[u8]) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::file::FileSigner;
+    use super::*;
+    use crate::local::{LocalCa, LocalCaOptions};
+    use est_wire::keys::{KeyAlgorithm, SigningKey};
+
+    fn signer(algorithm: KeyAlgorithm) -> FileSigner {
+        FileSigner::new(SigningKey::generate(algorithm).unwrap(), None)
+    }
+
+    #[tokio::test]
+    async fn signatures_verify_and_csrs_parse_for_every_key_type() {
+        for algorithm in [
+            KeyAlgorithm::EcP256,
+            KeyAlgorithm::EcP384,
+            KeyAlgorithm::Rsa { bits: 2048 },
+        ] {
+            let key = signer(algorithm);
+            let signature = key.sign(b"tbs").await.unwrap();
+            let spki = key.public_key_info();
+            assert_eq!(
+                signature_algorithm_for(&spki).unwrap(),
+                key.signature_algorithm()
+            );
+            verify(&spki, &key.signature_algorithm(), b"tbs", &signature).unwrap();
+            assert!(verify(&spki, &key.signature_algorithm(), b"other", &signature).is_err());
+            let csr = LocalCa::issuing_csr("CN=Issuing", &key).await.unwrap();
+            est_wire::csr::Csr::from_der(&csr).unwrap_or_else(|e| panic!("{algorithm:?}: {e}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_signer_that_is_not_the_certificates_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        LocalCa::open_or_create(dir.path(), &LocalCaOptions::default())
+            .await
+            .unwrap();
+        let stranger = Arc::new(signer(KeyAlgorithm::EcP256));
+        let error = LocalCa::open_with_signer(dir.path(), stranger)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("issuing-ca.pem"), "{error}");
+        assert!(error.contains("in memory"), "{error}");
+        assert!(error.contains("does not match"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn import_checks_key_chain_and_ca_flag() {
+        let made = tempfile::tempdir().unwrap();
+        let (root_key, issuing_key) = (signer(KeyAlgorithm::EcP256), signer(KeyAlgorithm::EcP256));
+        LocalCa::create_with_signers(
+            made.path(),
+            &LocalCaOptions::default(),
+            &root_key,
+            &issuing_key,
+        )
+        .await
+        .unwrap();
+        let ca = LocalCa::open_with_signer(made.path(), Arc::new(signer(KeyAlgorithm::EcP256)));
+        assert!(ca.is_err());
+        let root =
+            crate::local::read_certificate(&made.path().join(crate::local::ROOT_CERT)).unwrap();
+        let issuing =
+            crate::local::read_certificate(&made.path().join(crate::local::ISSUING_CERT)).unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let into = target.path().join("ca");
+        assert!(
+            LocalCa::import(&into, &issuing, &root, &root_key).is_err(),
+            "wrong key"
+        );
+        assert!(
+            LocalCa::import(&into, &issuing, &issuing, &issuing_key).is_err(),
+            "wrong root"
+        );
+        LocalCa::import(&into, &issuing, &root, &issuing_key).unwrap();
+    }
+}
