@@ -15,6 +15,10 @@ command -v prlimit >/dev/null || need_apt+=(util-linux)
 # The PostgreSQL registry tests start a private cluster with initdb + pg_ctl
 # (tests/src/postgres.rs); no system service is used.
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+# The PKCS#11 signer tests (tests/tests/signers.rs) make SoftHSM2 tokens and
+# check key attributes with pkcs11-tool (OpenSC).
+[ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v softhsm2-util >/dev/null || need_apt+=(softhsm2)
+command -v pkcs11-tool >/dev/null || need_apt+=(opensc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let floor = crypto_floor();
+    let floor = crypto_floor().await;
     println!("crypto floor (1 core, P-256 CSR verify + certificate sign): {floor:.0} ops/s; {cores} cores");
 
     let anchors = read_certs(&args.trust)?;
@@ -408,10 +408,11 @@ fn report(
 }
 
 /// Single-core CSR verification + certificate signing rate (the floor to approach).
-fn crypto_floor() -> f64 {
+async fn crypto_floor() -> f64 {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ca =
-        ca_backends::local::LocalCa::open_or_create(dir.path(), &Default::default()).expect("CA");
+    let ca = ca_backends::local::LocalCa::open_or_create(dir.path(), &Default::default())
+        .await
+        .expect("CA");
     let key = SigningKey::generate(KeyAlgorithm::EcP256).expect("key");
     let spec = CsrSpec {
         subject: "CN=floor".parse().expect("name"),
@@ -424,6 +425,7 @@ fn crypto_floor() -> f64 {
     while started.elapsed() < Duration::from_secs(2) {
         let csr = Csr::from_der(&der).expect("verify");
         ca.issue(csr.subject(), csr.public_key(), &[], &profile)
+            .await
             .expect("sign");
         n += 1;
     }

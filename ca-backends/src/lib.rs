@@ -13,7 +13,9 @@
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod local;
+pub mod ocsp;
 pub mod profile;
+pub mod signer;
 mod x509;
 
 use std::time::SystemTime;
@@ -159,7 +161,7 @@ pub fn serial_hex(certificate: &Certificate) -> String {
     hex_of(certificate.tbs_certificate.serial_number.as_bytes())
 }
 
-fn hex_of(bytes: &[u8]) -> String {
+pub(crate) fn hex_of(bytes: &[u8]) -> String {
     let trimmed: &[u8] = match bytes.iter().position(|b| *b != 0) {
         Some(first) => &bytes[first..],
         None => &bytes[bytes.len().saturating_sub(1)..],

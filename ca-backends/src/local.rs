@@ -22,13 +22,19 @@ use x509_cert::ext::pkix::KeyUsages;
 use x509_cert::name::Name;
 use x509_cert::Certificate;
 
+use crate::signer::Signer;
 use crate::x509::{build_and_sign, key_identifier, CertificateSpec};
 use crate::{CaBackend, CaError, IssueRequest, IssuedCertificate, Profile};
 
 const ROOT_KEY: &str = "root-ca.key";
-const ROOT_CERT: &str = "root-ca.pem";
-const ISSUING_KEY: &str = "issuing-ca.key";
-const ISSUING_CERT: &str = "issuing-ca.pem";
+/// Root certificate file in a CA directory.
+pub const ROOT_CERT: &str = "root-ca.pem";
+/// Issuing CA key file of the `file` signer.
+pub const ISSUING_KEY: &str = "issuing-ca.key";
+/// Issuing CA certificate file in a CA directory.
+pub const ISSUING_CERT: &str = "issuing-ca.pem";
+/// The issuing CA's CSR, written by `ca csr` for an offline root.
+pub const ISSUING_CSR: &str = "issuing-ca.csr";
 
 /// How a new local CA is made (ignored when its files already exist).
 #[derive(Debug, Clone)]
@@ -62,12 +68,13 @@ impl Default for LocalCaOptions {
     }
 }
 
-/// A root + issuing CA pair loaded from (or created in) a directory.
+/// A root + issuing CA pair: certificates in a directory, the issuing key
+/// behind a [`Signer`].
 pub struct LocalCa {
     dir: PathBuf,
     root: Certificate,
     issuing: Certificate,
-    issuing_key: SigningKey,
+    signer: Arc<dyn Signer>,
     issuing_key_id: Vec<u8>,
 }
 
@@ -75,50 +82,102 @@ impl std::fmt::Debug for LocalCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalCa")
             .field("dir", &self.dir)
+            .field("signer", &self.signer.location())
             .finish_non_exhaustive()
     }
 }
 
 impl LocalCa {
-    /// Loads the CA in `dir`, creating it first if `dir` holds no CA.
-    pub fn open_or_create(dir: &Path, options: &LocalCaOptions) -> Result<Self, CaError> {
-        if dir.join(ISSUING_CERT).exists() {
-            return Self::open(dir);
+    /// Loads the CA in `dir` with its key in a file, creating both first if
+    /// `dir` holds no CA.
+    pub async fn open_or_create(dir: &Path, options: &LocalCaOptions) -> Result<Self, CaError> {
+        if !dir.join(ISSUING_CERT).exists() {
+            Self::create(dir, options).await?;
         }
-        Self::create(dir, options)?;
         Self::open(dir)
     }
 
-    /// Loads an existing CA from `dir`.
+    /// Loads an existing CA from `dir` with its key in `dir`'s key file.
     pub fn open(dir: &Path) -> Result<Self, CaError> {
-        let root = read_certificate(&dir.join(ROOT_CERT))?;
-        let issuing = read_certificate(&dir.join(ISSUING_CERT))?;
-        let key_path = dir.join(ISSUING_KEY);
-        let key_pem = fs::read(&key_path).map_err(|e| io_error(&key_path, e))?;
-        let issuing_key = SigningKey::from_pkcs8_pem(&key_pem)
-            .map_err(|e| CaError::Internal(format!("{}: {e}", key_path.display())))?;
-        if issuing_key.public_key_info() != issuing.tbs_certificate.subject_public_key_info {
+        let signer = crate::signer::file::FileSigner::load(&dir.join(ISSUING_KEY))?;
+        Self::open_with_signer(dir, Arc::new(signer))
+    }
+
+    /// Loads the certificates in `dir` and signs with `signer`, which must
+    /// hold the issuing CA certificate's key.
+    pub fn open_with_signer(dir: &Path, signer: Arc<dyn Signer>) -> Result<Self, CaError> {
+        let issuing_path = dir.join(ISSUING_CERT);
+        if !issuing_path.exists() {
             return Err(CaError::Internal(format!(
-                "{} does not belong to {}",
-                key_path.display(),
-                dir.join(ISSUING_CERT).display()
+                "{} does not exist: create the CA with `est-server ca init` (or `ca csr` + `ca import` for an offline root)",
+                issuing_path.display()
             )));
         }
+        let root = read_certificate(&dir.join(ROOT_CERT))?;
+        let issuing = read_certificate(&issuing_path)?;
+        check_key_matches(&issuing, &issuing_path, signer.as_ref())?;
         let issuing_key_id = key_identifier(&issuing.tbs_certificate.subject_public_key_info);
         Ok(Self {
             dir: dir.to_path_buf(),
             root,
             issuing,
-            issuing_key,
+            signer,
             issuing_key_id,
         })
     }
 
-    fn create(dir: &Path, options: &LocalCaOptions) -> Result<(), CaError> {
+    /// Makes a new CA in `dir` with key files (the `file` signer).
+    async fn create(dir: &Path, options: &LocalCaOptions) -> Result<(), CaError> {
+        use crate::signer::file::FileSigner;
         create_private_dir(dir)?;
+        let generate = || {
+            SigningKey::generate(options.key_algorithm)
+                .map(|key| FileSigner::new(key, None))
+                .map_err(|e| CaError::Internal(e.to_string()))
+        };
+        let (root_key, issuing_key) = (generate()?, generate()?);
+        let (root, issuing) = Self::certify(options, &root_key, &issuing_key).await?;
+        write_private(
+            &dir.join(ROOT_KEY),
+            root_key.key().to_pkcs8_pem().as_bytes(),
+        )?;
+        write_private(
+            &dir.join(ISSUING_KEY),
+            issuing_key.key().to_pkcs8_pem().as_bytes(),
+        )?;
+        Self::install(dir, &root, &issuing)?;
+        tracing::info!(dir = %dir.display(), "created local CA");
+        Ok(())
+    }
+
+    /// Makes a new CA in `dir` whose keys are held by signers (a token):
+    /// only the certificates are written.
+    pub async fn create_with_signers(
+        dir: &Path,
+        options: &LocalCaOptions,
+        root_key: &dyn Signer,
+        issuing_key: &dyn Signer,
+    ) -> Result<(), CaError> {
+        if dir.join(ISSUING_CERT).exists() {
+            return Err(CaError::Internal(format!(
+                "{} already holds a CA",
+                dir.display()
+            )));
+        }
+        create_private_dir(dir)?;
+        let (root, issuing) = Self::certify(options, root_key, issuing_key).await?;
+        Self::install(dir, &root, &issuing)?;
+        tracing::info!(dir = %dir.display(), root = %root_key.location(), issuing = %issuing_key.location(), "created local CA");
+        Ok(())
+    }
+
+    /// A self-signed root for `root_key` and an issuing CA for `issuing_key` signed by it.
+    async fn certify(
+        options: &LocalCaOptions,
+        root_key: &dyn Signer,
+        issuing_key: &dyn Signer,
+    ) -> Result<(Certificate, Certificate), CaError> {
         let now = SystemTime::now();
-        let root_key = SigningKey::generate(options.key_algorithm)
-            .map_err(|e| CaError::Internal(e.to_string()))?;
         let root_name = parse_name(&options.root_subject)?;
         let root = build_and_sign(
             CertificateSpec {
@@ -133,10 +192,9 @@ impl LocalCa {
                 issuer: &root_name,
                 issuer_key_id: None,
             },
-            &root_key,
-        )?;
-        let issuing_key = SigningKey::generate(options.key_algorithm)
-            .map_err(|e| CaError::Internal(e.to_string()))?;
+            root_key,
+        )
+        .await?;
         let root_key_id = key_identifier(&root.tbs_certificate.subject_public_key_info);
         let issuing = build_and_sign(
             CertificateSpec {
@@ -151,24 +209,66 @@ impl LocalCa {
                 issuer: &root_name,
                 issuer_key_id: Some(&root_key_id),
             },
-            &root_key,
-        )?;
-        write_private(&dir.join(ROOT_KEY), root_key.to_pkcs8_pem().as_bytes())?;
-        write_private(
-            &dir.join(ISSUING_KEY),
-            issuing_key.to_pkcs8_pem().as_bytes(),
-        )?;
+            root_key,
+        )
+        .await?;
+        Ok((root, issuing))
+    }
+
+    /// Writes the root and then the issuing CA certificate (whose presence marks a complete CA).
+    fn install(dir: &Path, root: &Certificate, issuing: &Certificate) -> Result<(), CaError> {
         write_public(
             &dir.join(ROOT_CERT),
-            pem::certificate_to_pem(&root).as_bytes(),
+            pem::certificate_to_pem(root).as_bytes(),
         )?;
-        // Written last: its presence marks a complete CA.
         write_public(
             &dir.join(ISSUING_CERT),
-            pem::certificate_to_pem(&issuing).as_bytes(),
-        )?;
-        tracing::info!(dir = %dir.display(), "created local CA");
+            pem::certificate_to_pem(issuing).as_bytes(),
+        )
+    }
+
+    /// A PKCS#10 request for the issuing CA, signed by `issuing_key`, for an
+    /// offline root to sign. Returns its DER.
+    pub async fn issuing_csr(subject: &str, issuing_key: &dyn Signer) -> Result<Vec<u8>, CaError> {
+        crate::x509::build_csr(parse_name(subject)?, issuing_key).await
+    }
+
+    /// Installs in `dir` an issuing CA certificate that an offline root
+    /// signed, after checking that its key is `issuing_key`'s, that it is a
+    /// CA, and that `root` (self-signed) signed it.
+    pub fn import(
+        dir: &Path,
+        issuing: &Certificate,
+        root: &Certificate,
+        issuing_key: &dyn Signer,
+    ) -> Result<(), CaError> {
+        check_key_matches(issuing, Path::new("the imported certificate"), issuing_key)?;
+        crate::x509::check_signed_by(root, root)
+            .map_err(|e| CaError::Rejected(format!("the root is not self-signed: {e}")))?;
+        crate::x509::check_signed_by(issuing, root).map_err(|e| {
+            CaError::Rejected(format!(
+                "the issuing CA does not chain to the given root: {e}"
+            ))
+        })?;
+        if !crate::x509::is_ca(issuing) {
+            return Err(CaError::Rejected(
+                "the imported certificate is not a CA (basicConstraints cA is not true)".into(),
+            ));
+        }
+        create_private_dir(dir)?;
+        Self::install(dir, root, issuing)?;
+        tracing::info!(dir = %dir.display(), "installed the issuing CA signed by the offline root");
         Ok(())
+    }
+
+    /// Where the issuing key is (for `ca show` and logs).
+    pub fn key_location(&self) -> String {
+        self.signer.location()
+    }
+
+    /// The signer holding the issuing CA's key.
+    pub fn signer(&self) -> &Arc<dyn Signer> {
+        &self.signer
     }
 
     /// The self-signed root.
@@ -188,7 +288,7 @@ impl LocalCa {
 
     /// A DER CRL signed by the issuing CA, listing `revoked` (hex serial,
     /// revocation time), valid for `lifetime`.
-    pub fn crl(
+    pub async fn crl(
         &self,
         revoked: &[(String, SystemTime)],
         lifetime: Duration,
@@ -212,18 +312,19 @@ impl LocalCa {
         let crl = crate::x509::build_crl(
             &self.issuing.tbs_certificate.subject,
             &self.issuing_key_id,
-            &self.issuing_key,
+            self.signer.as_ref(),
             &entries,
             number,
             now,
             now + lifetime,
-        )?;
+        )
+        .await?;
         crl.to_der().map_err(|e| CaError::Internal(e.to_string()))
     }
 
     /// Issues a certificate for `public_key` under `profile`. `requested_sans`
     /// are filtered by the profile; the subject is taken as given.
-    pub fn issue(
+    pub async fn issue(
         &self,
         subject: &Name,
         public_key: &SubjectPublicKeyInfoOwned,
@@ -271,8 +372,9 @@ impl LocalCa {
                 issuer: &self.issuing.tbs_certificate.subject,
                 issuer_key_id: Some(&self.issuing_key_id),
             },
-            &self.issuing_key,
-        )?;
+            self.signer.as_ref(),
+        )
+        .await?;
         IssuedCertificate::from_certificate(certificate, None)
     }
 }
@@ -302,13 +404,14 @@ impl CaBackend for LocalCaBackend {
     }
 
     async fn issue(&self, request: IssueRequest<'_>) -> Result<IssuedCertificate, CaError> {
-        // Signing is a few tens of microseconds; not worth a thread hop.
-        self.ca.issue(
-            request.subject,
-            request.csr.public_key(),
-            request.csr.subject_alt_names(),
-            &self.profile,
-        )
+        self.ca
+            .issue(
+                request.subject,
+                request.csr.public_key(),
+                request.csr.subject_alt_names(),
+                &self.profile,
+            )
+            .await
     }
 
     async fn issue_with_generated_key(
@@ -331,12 +434,15 @@ impl CaBackend for LocalCaBackend {
             .await
             .map_err(|e| CaError::Internal(e.to_string()))?
             .map_err(|e| CaError::Internal(e.to_string()))?;
-        let issued = self.ca.issue(
-            request.subject,
-            &key.public_key_info(),
-            request.csr.subject_alt_names(),
-            &self.profile,
-        )?;
+        let issued = self
+            .ca
+            .issue(
+                request.subject,
+                &key.public_key_info(),
+                request.csr.subject_alt_names(),
+                &self.profile,
+            )
+            .await?;
         Ok((issued, zeroize::Zeroizing::new(key.pkcs8_der().to_vec())))
     }
 }
@@ -347,14 +453,42 @@ pub fn parse_name(text: &str) -> Result<Name, CaError> {
     Name::from_str(text).map_err(|e| CaError::Internal(format!("bad subject `{text}`: {e}")))
 }
 
-fn read_certificate(path: &Path) -> Result<Certificate, CaError> {
+/// Fails unless `signer` holds the key of `certificate` (read from `path`), naming both.
+fn check_key_matches(
+    certificate: &Certificate,
+    path: &Path,
+    signer: &dyn Signer,
+) -> Result<(), CaError> {
+    let in_certificate = &certificate.tbs_certificate.subject_public_key_info;
+    let in_signer = signer.public_key_info();
+    if *in_certificate != in_signer {
+        let fingerprint = |spki: &SubjectPublicKeyInfoOwned| {
+            spki.to_der()
+                .map(|der| crate::signer::fingerprint(&der))
+                .unwrap_or_default()
+        };
+        return Err(CaError::Internal(format!(
+            "the CA key does not match the certificate: {} ({}) has public key SHA-256 {}, but {} has public key SHA-256 {}",
+            path.display(),
+            certificate.tbs_certificate.subject,
+            fingerprint(in_certificate),
+            signer.location(),
+            fingerprint(&in_signer),
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a PEM (or DER) certificate file.
+pub fn read_certificate(path: &Path) -> Result<Certificate, CaError> {
     let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
     let (_, der) =
         pem::decode(&bytes).map_err(|e| CaError::Internal(format!("{}: {e}", path.display())))?;
     Certificate::from_der(&der).map_err(|e| CaError::Internal(format!("{}: {e}", path.display())))
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), CaError> {
+/// Creates `dir` (and parents) with mode 0700.
+pub fn create_private_dir(dir: &Path) -> Result<(), CaError> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
         .recursive(true)
@@ -364,7 +498,7 @@ fn create_private_dir(dir: &Path) -> Result<(), CaError> {
 }
 
 /// Writes a secret: the file is created with mode 0600 and must not exist yet.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = fs::OpenOptions::new()
         .write(true)
@@ -397,18 +531,22 @@ mod tests {
         Csr::from_der(&fs::read(path).unwrap()).unwrap()
     }
 
-    #[test]
-    fn creates_keys_0600_and_reloads_the_same_ca() {
+    #[tokio::test]
+    async fn creates_keys_0600_and_reloads_the_same_ca() {
         let dir = tempfile::tempdir().unwrap();
         let ca_dir = dir.path().join("ca");
-        let ca = LocalCa::open_or_create(&ca_dir, &LocalCaOptions::default()).unwrap();
+        let ca = LocalCa::open_or_create(&ca_dir, &LocalCaOptions::default())
+            .await
+            .unwrap();
         for key in [ROOT_KEY, ISSUING_KEY] {
             let mode = fs::metadata(ca_dir.join(key)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{key}");
         }
         let dir_mode = fs::metadata(&ca_dir).unwrap().permissions().mode();
         assert_eq!(dir_mode & 0o777, 0o700);
-        let again = LocalCa::open_or_create(&ca_dir, &LocalCaOptions::default()).unwrap();
+        let again = LocalCa::open_or_create(&ca_dir, &LocalCaOptions::default())
+            .await
+            .unwrap();
         assert_eq!(again.root(), ca.root());
         assert_eq!(again.issuing(), ca.issuing());
     }
@@ -416,7 +554,11 @@ mod tests {
     #[tokio::test]
     async fn profile_decides_extensions_not_the_csr() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = Arc::new(LocalCa::open_or_create(dir.path(), &LocalCaOptions::default()).unwrap());
+        let ca = Arc::new(
+            LocalCa::open_or_create(dir.path(), &LocalCaOptions::default())
+                .await
+                .unwrap(),
+        );
         let profile = Profile {
             copy_san: vec![crate::profile::SanKind::Dns],
             ..Profile::default()
@@ -466,10 +608,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn serials_are_unique_positive_and_in_issue_order() {
+    #[tokio::test]
+    async fn serials_are_unique_positive_and_in_issue_order() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = LocalCa::open_or_create(dir.path(), &LocalCaOptions::default()).unwrap();
+        let ca = LocalCa::open_or_create(dir.path(), &LocalCaOptions::default())
+            .await
+            .unwrap();
         let request = csr("p256.csr.der");
         let mut seen = std::collections::HashSet::new();
         let mut previous_prefix = Vec::new();
@@ -481,6 +625,7 @@ mod tests {
                     &[],
                     &Profile::default(),
                 )
+                .await
                 .unwrap();
             let bytes = issued
                 .certificate

@@ -5,7 +5,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use const_oid::AssociatedOid;
 use der::asn1::{BitString, GeneralizedTime, OctetString, UtcTime};
 use der::Encode;
-use est_wire::keys::SigningKey;
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::certificate::{TbsCertificate, Version};
 use x509_cert::ext::pkix::name::GeneralName;
@@ -19,6 +18,7 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::{Time, Validity};
 use x509_cert::Certificate;
 
+use crate::signer::Signer;
 use crate::CaError;
 
 /// What goes into one certificate, before signing.
@@ -38,9 +38,9 @@ pub(crate) struct CertificateSpec<'a> {
 }
 
 /// Builds the certificate described by `spec` and signs it with `signer`.
-pub(crate) fn build_and_sign(
+pub(crate) async fn build_and_sign(
     spec: CertificateSpec<'_>,
-    signer: &SigningKey,
+    signer: &dyn Signer,
 ) -> Result<Certificate, CaError> {
     let subject_key_id = key_identifier(&spec.public_key);
     let authority_key_id = spec.issuer_key_id.unwrap_or(&subject_key_id).to_vec();
@@ -101,9 +101,7 @@ pub(crate) fn build_and_sign(
         extensions: Some(extensions),
     };
     let tbs_der = tbs_certificate.to_der().map_err(internal)?;
-    let signature = signer
-        .sign(&tbs_der)
-        .map_err(|e| CaError::Internal(e.to_string()))?;
+    let signature = signer.sign(&tbs_der).await?;
     Ok(Certificate {
         tbs_certificate,
         signature_algorithm: signer.signature_algorithm(),
@@ -177,10 +175,10 @@ fn internal(e: impl std::fmt::Display) -> CaError {
 }
 
 /// Builds and signs a CRL (RFC 5280 §5) listing `revoked` (serial bytes, revocation time).
-pub(crate) fn build_crl(
+pub(crate) async fn build_crl(
     issuer: &Name,
     issuer_key_id: &[u8],
-    signer: &SigningKey,
+    signer: &dyn Signer,
     revoked: &[(Vec<u8>, SystemTime)],
     number: u64,
     this_update: SystemTime,
@@ -219,12 +217,64 @@ pub(crate) fn build_crl(
         ]),
     };
     let tbs_der = tbs_cert_list.to_der().map_err(internal)?;
-    let signature = signer
-        .sign(&tbs_der)
-        .map_err(|e| CaError::Internal(e.to_string()))?;
+    let signature = signer.sign(&tbs_der).await?;
     Ok(CertificateList {
         tbs_cert_list,
         signature_algorithm: signer.signature_algorithm(),
         signature: BitString::from_bytes(&signature).map_err(internal)?,
     })
+}
+
+/// A PKCS#10 request for `subject` signed by `signer` (the issuing CA's CSR
+/// for an offline root). Returns its DER.
+pub(crate) async fn build_csr(subject: Name, signer: &dyn Signer) -> Result<Vec<u8>, CaError> {
+    use x509_cert::request::{CertReq, CertReqInfo, Version as CsrVersion};
+    let info = CertReqInfo {
+        version: CsrVersion::V1,
+        subject,
+        public_key: signer.public_key_info(),
+        attributes: Default::default(),
+    };
+    let signature = signer.sign(&info.to_der().map_err(internal)?).await?;
+    CertReq {
+        info,
+        algorithm: signer.signature_algorithm(),
+        signature: BitString::from_bytes(&signature).map_err(internal)?,
+    }
+    .to_der()
+    .map_err(internal)
+}
+
+/// Checks that `issuer`'s key signed `certificate` and that the names chain.
+pub(crate) fn check_signed_by(
+    certificate: &Certificate,
+    issuer: &Certificate,
+) -> Result<(), CaError> {
+    if certificate.tbs_certificate.issuer != issuer.tbs_certificate.subject {
+        return Err(CaError::Rejected(format!(
+            "issued by `{}`, not by `{}`",
+            certificate.tbs_certificate.issuer, issuer.tbs_certificate.subject
+        )));
+    }
+    let tbs = certificate.tbs_certificate.to_der().map_err(internal)?;
+    crate::signer::verify(
+        &issuer.tbs_certificate.subject_public_key_info,
+        &certificate.signature_algorithm,
+        &tbs,
+        certificate.signature.raw_bytes(),
+    )
+    .map_err(|e| CaError::Rejected(e.to_string()))
+}
+
+/// Whether `certificate` has basicConstraints with cA true.
+pub(crate) fn is_ca(certificate: &Certificate) -> bool {
+    use der::Decode;
+    certificate
+        .tbs_certificate
+        .extensions
+        .iter()
+        .flatten()
+        .find(|e| e.extn_id == const_oid::db::rfc5912::ID_CE_BASIC_CONSTRAINTS)
+        .and_then(|e| BasicConstraints::from_der(e.extn_value.as_bytes()).ok())
+        .is_some_and(|bc| bc.ca)
 }

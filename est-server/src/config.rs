@@ -249,6 +249,14 @@ pub struct CaConfig {
     /// hierarchy trusted for client authentication never issues subordinate CAs.
     #[serde(default)]
     pub client_auth: Option<bool>,
+    /// Where the issuing CA's key is: `file` (default, in `dir`) or `pkcs11`.
+    #[serde(default)]
+    pub signer: ca_backends::signer::SignerConfig,
+    /// A PEM copy of the CRL kept current (Mosquitto's `crlfile`): written at
+    /// start, hourly, and after every `certs revoke` / `devices revoke`,
+    /// each time atomically (temporary file + rename). `[ca]` only.
+    #[serde(default)]
+    pub crl_file: Option<PathBuf>,
 }
 
 impl Default for CaConfig {
@@ -259,6 +267,8 @@ impl Default for CaConfig {
             root_subject: default_root_subject(),
             issuing_subject: default_issuing_subject(),
             client_auth: None,
+            signer: Default::default(),
+            crl_file: None,
         }
     }
 }
@@ -602,6 +612,9 @@ impl Config {
         resolve(&mut self.tls.key);
         self.tls.bootstrap_trust.iter_mut().for_each(resolve);
         resolve(&mut self.ca.dir);
+        if let Some(path) = &mut self.ca.crl_file {
+            resolve(path);
+        }
         self.cas.values_mut().for_each(|ca| resolve(&mut ca.dir));
         resolve(&mut self.registry.path);
         self.registry.ca_file.iter_mut().for_each(resolve);

@@ -37,7 +37,7 @@ pub async fn prepare(data_dir: &Path) -> anyhow::Result<PathBuf> {
         write_file(&config_path, text.as_bytes(), 0o600)?;
     }
     let config = Config::load(&config_path)?;
-    let ca = crate::server::open_ca(&config)?;
+    let ca = crate::server::open_ca(&config).await?;
 
     if !config.tls.cert.exists() {
         let key = SigningKey::generate(KeyAlgorithm::EcP256).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -49,12 +49,14 @@ pub async fn prepare(data_dir: &Path) -> anyhow::Result<PathBuf> {
                 std::net::Ipv6Addr::LOCALHOST.octets().to_vec(),
             )?),
         ];
-        let issued = ca.issue(
-            &subject,
-            &key.public_key_info(),
-            &names,
-            &Profile::tls_server(Duration::from_secs(365 * 24 * 3600)),
-        )?;
+        let issued = ca
+            .issue(
+                &subject,
+                &key.public_key_info(),
+                &names,
+                &Profile::tls_server(Duration::from_secs(365 * 24 * 3600)),
+            )
+            .await?;
         if let Some(dir) = config.tls.cert.parent() {
             create_private_dir(dir)?;
         }

@@ -240,6 +240,8 @@ async fn handle_in_span(
     let measured = enrollment_metric_labels(state, method.as_str(), &path);
     let response = if let Some(facade) = facade_at(state, &path) {
         json_facade(state, connection, request, request_id, facade).await
+    } else if crate::ocsp::is_ocsp_path(&path) {
+        crate::ocsp::handle(state, request).await
     } else if path == CRL_PATH && request.method() == hyper::Method::GET {
         match crl(state).await {
             Ok(response) => response,
@@ -404,7 +406,49 @@ pub async fn current_crl(
             )
         })
         .collect();
-    Ok(ca.crl(&revoked, std::time::Duration::from_secs(24 * 3600))?)
+    Ok(ca
+        .crl(&revoked, std::time::Duration::from_secs(24 * 3600))
+        .await?)
+}
+
+/// Writes the current CRL as PEM to `path` atomically: a temporary file in
+/// the same directory, synced, then renamed over `path`, so a reader
+/// (Mosquitto's `crlfile`) sees the old CRL or the new one, never half.
+pub async fn write_crl_file(
+    registry: &dyn Registry,
+    ca: &ca_backends::local::LocalCa,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let der = current_crl(registry, ca)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pem = est_wire::pem::encode("X509 CRL", &der);
+    let name = path
+        .file_name()
+        .with_context(|| format!("crl_file {} names no file", path.display()))?;
+    let temporary = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    let mut file = std::fs::File::create(&temporary)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    file.write_all(pem.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+/// Rewrites `[ca] crl_file` when one is configured (after a revocation).
+pub async fn refresh_crl_file(
+    config: &crate::config::Config,
+    registry: &dyn Registry,
+) -> anyhow::Result<()> {
+    if let Some(path) = &config.ca.crl_file {
+        let ca = crate::server::open_ca(config).await?;
+        write_crl_file(registry, &ca, path).await?;
+        println!("rewrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// Path of the JSON façade.
@@ -612,7 +656,8 @@ fn check_body_headers(headers: &hyper::HeaderMap, limit: usize) -> Result<(), Es
 }
 
 /// Reads at most `limit` bytes; a longer body is drained (within bounds) and refused.
-async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, EstError> {
+/// Reads a request body of at most `limit` bytes.
+pub(crate) async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, EstError> {
     let mut collected = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame

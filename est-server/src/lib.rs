@@ -27,6 +27,7 @@ pub mod http;
 pub mod keyed_locks;
 pub mod listener;
 pub mod metrics;
+pub mod ocsp;
 pub mod password;
 pub mod registry;
 pub mod retirement;

@@ -11,6 +11,8 @@ use est_server::config::Config;
 use est_server::registry::{unix_now, Registry};
 use std::sync::Arc;
 
+mod cli;
+
 /// EST (RFC 7030) server for IoT fleets.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
@@ -26,6 +28,17 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// The local CA: create it (key in a file or a PKCS#11 token), hand its
+    /// CSR to an offline root, install the signed certificate, show it.
+    Ca {
+        #[command(flatten)]
+        target: Target,
+        /// Which CA: `device` (`[ca]`) or a `[cas.<name>]`.
+        #[arg(long, global = true, default_value = est_server::config::DEVICE_CA)]
+        ca: String,
+        #[command(subcommand)]
+        action: cli::ca::CaAction,
+    },
     /// Hash a password for `[[users]]` (reads it from stdin, or EST_PASSWORD).
     HashPassword,
     /// Enrollments held for approval.
@@ -324,6 +337,7 @@ fn die_on_broken_pipe() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Ca { target, ca, action } => cli::ca::run(&target.config()?, &ca, action).await,
         Command::HashPassword => {
             let password = match std::env::var("EST_PASSWORD") {
                 Ok(p) => p,
@@ -346,7 +360,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices { target, action } => devices(target, action).await,
         Command::Crl { target, out } => {
             let config = target.config()?;
-            let ca = est_server::server::open_ca(&config)?;
+            let ca = est_server::server::open_ca(&config).await?;
             let registry = est_server::server::open_registry(&config).await?;
             let der = est_server::http::current_crl(&*registry, &ca)
                 .await
@@ -474,6 +488,7 @@ async fn certs(target: Target, action: CertsAction) -> anyhow::Result<()> {
         CertsAction::Revoke { serial } => {
             let serial = registry_serial(&serial)?;
             registry.revoke(&serial).await?;
+            est_server::http::refresh_crl_file(&target.config()?, &*registry).await?;
             println!("revoked {serial}");
         }
     }
@@ -657,6 +672,7 @@ async fn devices(target: Target, action: DevicesAction) -> anyhow::Result<()> {
                 }
             }
             println!("disabled {id} and revoked {revoked} active certificate(s)");
+            est_server::http::refresh_crl_file(&target.config()?, &*registry).await?;
         }
     }
     Ok(())
@@ -921,9 +937,9 @@ async fn rotate(
             "note: rotation.enabled is false, so no running server handles the devices' answers"
         );
     }
-    let ca = est_server::server::open_ca(&config)?;
+    let ca = est_server::server::open_ca(&config).await?;
     let registry = est_server::server::open_registry(&config).await?;
-    let pair = mqtt::client_pair(&rotation, &ca, &config.ca.dir)?;
+    let pair = mqtt::client_pair(&rotation, &ca, &config.ca.dir).await?;
     let trust = est_server::server::broker_trust(&rotation, &ca)?;
     let client_id = format!("{}-cli-{}", rotation.client_id, std::process::id());
     let outcome = confirmed_audit(

@@ -16,23 +16,56 @@ use crate::http::AppState;
 use crate::registry::{Registry, SqliteRegistry};
 
 /// Opens the device CA described by `config.ca` (creating it on first start).
-pub fn open_ca(config: &Config) -> anyhow::Result<Arc<LocalCa>> {
-    open_named_ca(config, DEVICE_CA)
+pub async fn open_ca(config: &Config) -> anyhow::Result<Arc<LocalCa>> {
+    open_named_ca(config, DEVICE_CA).await
 }
 
 /// Opens the CA `name` (`device` is `[ca]`, others are `[cas.<name>]`),
 /// creating it on first start. A new issuing CA gets pathLenConstraint 1
-/// when a profile issues subordinate CAs from it, 0 otherwise.
-pub fn open_named_ca(config: &Config, name: &str) -> anyhow::Result<Arc<LocalCa>> {
-    let field = if name == DEVICE_CA {
-        "ca".to_owned()
-    } else {
-        format!("cas.{name}")
-    };
+/// when a profile issues subordinate CAs from it, 0 otherwise. A CA whose
+/// key is in a token is never created here (`est-server ca init` does);
+/// opening it checks that the token's key is the certificate's.
+pub async fn open_named_ca(config: &Config, name: &str) -> anyhow::Result<Arc<LocalCa>> {
+    let field = ca_field(name);
     let settings = config
         .ca_named(name)
         .with_context(|| format!("no CA named `{name}`"))?;
-    let options = LocalCaOptions {
+    let options = ca_options(config, name)?;
+    let ca = match &settings.signer {
+        ca_backends::signer::SignerConfig::File => {
+            LocalCa::open_or_create(&settings.dir, &options).await
+        }
+        signer => {
+            let config = signer.clone();
+            let dir = settings.dir.clone();
+            tokio::task::spawn_blocking(move || {
+                let signer = ca_backends::signer::open(&config, &dir)?;
+                LocalCa::open_with_signer(&dir, signer)
+            })
+            .await?
+        }
+    }
+    .with_context(|| format!("{field}: local CA in {}", settings.dir.display()))?;
+    tracing::info!(ca = %name, key = %ca.key_location(), "opened local CA");
+    Ok(Arc::new(ca))
+}
+
+/// The section name of CA `name` in the config file (`ca` or `cas.<name>`).
+pub fn ca_field(name: &str) -> String {
+    if name == DEVICE_CA {
+        "ca".to_owned()
+    } else {
+        format!("cas.{name}")
+    }
+}
+
+/// How a new CA `name` is made, from its config section.
+pub fn ca_options(config: &Config, name: &str) -> anyhow::Result<LocalCaOptions> {
+    let field = ca_field(name);
+    let settings = config
+        .ca_named(name)
+        .with_context(|| format!("no CA named `{name}`"))?;
+    Ok(LocalCaOptions {
         key_algorithm: settings
             .key_algorithm
             .parse()
@@ -41,10 +74,7 @@ pub fn open_named_ca(config: &Config, name: &str) -> anyhow::Result<Arc<LocalCa>
         issuing_subject: named_subject(&settings.issuing_subject, name),
         issuing_path_len: u8::from(config.issues_subordinate_cas(name)),
         ..LocalCaOptions::default()
-    };
-    let ca = LocalCa::open_or_create(&settings.dir, &options)
-        .with_context(|| format!("{field}: local CA in {}", settings.dir.display()))?;
-    Ok(Arc::new(ca))
+    })
 }
 
 /// A further hierarchy left with the default subjects is told apart from
@@ -60,11 +90,11 @@ fn named_subject(subject: &str, name: &str) -> String {
 }
 
 /// Every local CA the config names: the device CA and each `[cas.*]`.
-pub fn open_cas(config: &Config) -> anyhow::Result<HashMap<String, Arc<LocalCa>>> {
+pub async fn open_cas(config: &Config) -> anyhow::Result<HashMap<String, Arc<LocalCa>>> {
     let mut cas = HashMap::new();
-    cas.insert(DEVICE_CA.to_owned(), open_ca(config)?);
+    cas.insert(DEVICE_CA.to_owned(), open_ca(config).await?);
     for name in config.cas.keys() {
-        cas.insert(name.clone(), open_named_ca(config, name)?);
+        cas.insert(name.clone(), open_named_ca(config, name).await?);
     }
     Ok(cas)
 }
@@ -182,7 +212,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let cas = open_cas(&config)?;
+    let cas = open_cas(&config).await?;
     let ca = cas[DEVICE_CA].clone();
     let registry = open_registry(&config).await?;
     // Client certificates may come from the device CA, a hierarchy marked
@@ -262,14 +292,33 @@ pub async fn run(
             }
         });
     }
+    if let Some(path) = config.ca.crl_file.clone() {
+        // At start (a failure stops it) and hourly: the CRL lasts a day, and
+        // retirements made by this server belong in it too.
+        crate::http::write_crl_file(&*state.registry, &ca, &path).await?;
+        let (registry, ca) = (state.registry.clone(), ca.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if let Err(e) = crate::http::write_crl_file(&*registry, &ca, &path).await {
+                    tracing::error!(error = %format!("{e:#}"), file = %path.display(), "cannot rewrite the CRL file");
+                }
+            }
+        });
+    }
     if let Some(rotation) = config.rotation.clone().filter(|r| r.enabled) {
         // Fails now (not in the background) when no certificate can be had.
-        crate::rotation::mqtt::client_pair(&rotation, &ca, &config.ca.dir)?;
+        crate::rotation::mqtt::client_pair(&rotation, &ca, &config.ca.dir).await?;
         let trust = broker_trust(&rotation, &ca)?;
         let state = state.clone();
         let (pair_config, pair_ca, ca_dir) = (rotation.clone(), ca.clone(), config.ca.dir.clone());
-        let pair_source =
-            move || crate::rotation::mqtt::client_pair(&pair_config, &pair_ca, &ca_dir);
+        let pair_source = move || {
+            let (pair_config, pair_ca, ca_dir) =
+                (pair_config.clone(), pair_ca.clone(), ca_dir.clone());
+            async move { crate::rotation::mqtt::client_pair(&pair_config, &pair_ca, &ca_dir).await }
+        };
         tokio::spawn(async move {
             if let Err(e) = crate::rotation::run(state, rotation, trust, pair_source).await {
                 tracing::error!(error = %format!("{e:#}"), "rotation orchestrator stopped");

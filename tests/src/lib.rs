@@ -10,6 +10,7 @@ pub mod mosquitto;
 pub mod net;
 pub mod postgres;
 pub mod raw;
+pub mod softhsm;
 
 pub use device::*;
 pub use mosquitto::Mosquitto;
@@ -153,6 +154,16 @@ impl Server {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::spawn_on(dir, "127.0.0.1:0", env)
+    }
+
+    /// Starts `serve --dev` on a data directory prepared by the caller
+    /// (its `est-server.toml` and anything else), with extra environment.
+    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, String)]) -> Self {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
         Self::spawn_on(dir, "127.0.0.1:0", env)
     }

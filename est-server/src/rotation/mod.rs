@@ -425,13 +425,16 @@ const CLIENT_CERT_CHECK: Duration = Duration::from_secs(3600);
 /// the scheduled audit, and the handlers for device answers. `pair_source`
 /// yields the orchestrator's client certificate (reissuing it when near its
 /// end); it is asked again every hour.
-pub async fn run(
+pub async fn run<F>(
     state: Arc<AppState>,
     config: RotationConfig,
     trust_pem: Vec<u8>,
-    pair_source: impl Fn() -> anyhow::Result<mqtt::ClientPair>,
-) -> anyhow::Result<()> {
-    let mut pair = pair_source()?;
+    pair_source: impl Fn() -> F,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<mqtt::ClientPair>>,
+{
+    let mut pair = pair_source().await?;
     let (client, mut events) = mqtt::connect(&config, &config.client_id, false, &trust_pem, &pair)?;
     let webhook = config.webhook.as_deref().map(Webhook::new).transpose()?;
     state
@@ -460,7 +463,7 @@ pub async fn run(
         let event = tokio::select! {
             event = events.poll() => event,
             _ = cert_check.tick() => {
-                let fresh = pair_source()?;
+                let fresh = pair_source().await?;
                 if mqtt::fingerprint(&fresh) != mqtt::fingerprint(&pair) {
                     // The persistent session keeps subscriptions and queued answers.
                     tracing::info!("rotation: reconnecting with a renewed MQTT client certificate");

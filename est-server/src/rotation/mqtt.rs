@@ -28,7 +28,7 @@ const REISSUE_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 
 /// The configured pair, or one the local CA issues (CN = `client_id`, valid a
 /// year, kept in the CA directory, key 0600, reissued 30 days before its end).
-pub fn client_pair(
+pub async fn client_pair(
     config: &RotationConfig,
     ca: &LocalCa,
     ca_dir: &std::path::Path,
@@ -59,6 +59,7 @@ pub fn client_pair(
                 ..Profile::default()
             },
         )
+        .await
         .context("orchestrator certificate")?;
     // A crash between these writes leaves a pair that does not match, which
     // `usable` refuses, so the next call issues again.

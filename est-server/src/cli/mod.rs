@@ -1,0 +1,3 @@
+//! Subcommands of the `est-server` binary that have grown their own files.
+
+pub mod ca;
