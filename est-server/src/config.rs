@@ -15,7 +15,7 @@ use ca_backends::profile::duration_text;
 use ca_backends::Profile;
 use serde::Deserialize;
 
-use crate::router::is_valid_label;
+use crate::frontend::router::is_valid_label;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -713,11 +713,11 @@ impl Config {
             })?;
             let params = argon2::Params::try_from(&hash)
                 .map_err(|e| anyhow::anyhow!("users[{i}].password_hash ({}): {e}", user.name))?;
-            if params.m_cost() > crate::password::MAX_MEMORY_KIB {
+            if params.m_cost() > crate::authority::password::MAX_MEMORY_KIB {
                 bail!(
                     "users[{i}].password_hash ({}): argon2 memory cost above {} KiB",
                     user.name,
-                    crate::password::MAX_MEMORY_KIB
+                    crate::authority::password::MAX_MEMORY_KIB
                 );
             }
         }

@@ -7,12 +7,10 @@
 //! `registry.sqlite`, and `est-server.toml` with a demo Basic user
 //! `estuser` / `estpwd` (libest's demo defaults). Later runs reuse them.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use ca_backends::Profile;
 use der::asn1::{Ia5String, OctetString};
 use est_wire::keys::{KeyAlgorithm, SigningKey};
@@ -20,6 +18,7 @@ use est_wire::pem::certificate_to_pem;
 use x509_cert::ext::pkix::name::GeneralName;
 
 use crate::config::Config;
+use crate::secure_files::{create_private_dir, write_new as write_file};
 
 /// Id of the demo device dev mode registers (token in `demo-device.token`).
 pub const DEMO_DEVICE: &str = "demo-device-001";
@@ -32,7 +31,8 @@ pub async fn prepare(data_dir: &Path) -> anyhow::Result<PathBuf> {
     create_private_dir(data_dir)?;
     let config_path = data_dir.join(CONFIG_FILE);
     if !config_path.exists() {
-        let hash = crate::auth::hash_password("estpwd").map_err(|e| anyhow::anyhow!("{e}"))?;
+        let hash =
+            crate::authority::auth::hash_password("estpwd").map_err(|e| anyhow::anyhow!("{e}"))?;
         let text = DEV_CONFIG.replace("@HASH@", &hash);
         write_file(&config_path, text.as_bytes(), 0o600)?;
     }
@@ -104,30 +104,7 @@ Try it:
     | openssl base64 -d | openssl pkcs7 -inform DER -print_certs > device.pem
   openssl verify -CAfile {dir}/ca.pem -untrusted <(curl -s --cacert {dir}/ca.pem {base}/cacerts | openssl base64 -d | openssl pkcs7 -inform DER -print_certs) device.pem"
     );
-    let _ = std::io::stdout().flush();
-}
-
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))
-}
-
-/// Creates `path` (it must not exist) with `mode`, writes `bytes`, fsyncs.
-pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    Ok(())
+    let _ = std::io::Write::flush(&mut std::io::stdout());
 }
 
 /// The commented example config (also what dev mode writes, with a real hash).
@@ -139,7 +116,7 @@ mod tests {
     fn the_example_config_loads() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        let hash = crate::auth::hash_password("x").unwrap();
+        let hash = crate::authority::auth::hash_password("x").unwrap();
         std::fs::write(&path, super::DEV_CONFIG.replace("@HASH@", &hash)).unwrap();
         let config = crate::config::Config::load(&path).unwrap();
         assert!(config.labels.contains_key("edgeca"));

@@ -1,6 +1,6 @@
 //! The outcome of a refused EST request, independent of HTTP.
 //!
-//! Each variant is one answer a client can act on; [`crate::http`] turns it
+//! Each variant is one answer a client can act on; [`crate::frontend::http`] turns it
 //! into a status code, headers and a plain-text body. Internal faults carry
 //! their detail for the log only: the client sees a request id.
 

@@ -44,7 +44,7 @@ pub fn body(data: &[u8]) {
 
 /// The `Authorization` header parser.
 pub fn basic_auth(data: &[u8]) {
-    if let Ok(credentials) = crate::auth::parse_basic(data) {
+    if let Ok(credentials) = crate::authority::auth::parse_basic(data) {
         assert!(!credentials.user.is_empty());
         assert!(!credentials.user.contains(':'));
     }
@@ -56,10 +56,10 @@ pub fn router(data: &[u8]) {
         return;
     };
     let (method, path) = text.split_once(' ').unwrap_or(("GET", text));
-    if let Ok(route) = crate::router::route(method, path) {
+    if let Ok(route) = crate::frontend::router::route(method, path) {
         assert!(path.starts_with("/.well-known/est/"));
         if let Some(label) = route.label {
-            assert!(crate::router::is_valid_label(label));
+            assert!(crate::frontend::router::is_valid_label(label));
             assert!(!label.contains('/') && label != ".." && label != ".");
         }
     }

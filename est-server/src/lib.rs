@@ -1,37 +1,32 @@
-//! EST (RFC 7030) server for IoT fleets.
+//! EST (RFC 7030) server for IoT fleets, in layers (top to bottom):
 //!
-//! The request path reads top to bottom: [`http`] (TLS, HTTP/1.1, limits,
-//! media types) → [`router`] → [`enroll`] (authenticate via [`auth`],
-//! parse, authorize, approve, issue via a `ca_backends::CaBackend`, record in
-//! [`registry`]) → back to [`http`] to encode the answer. Beside it:
-//! [`rotation`] (server-driven rotation over MQTT, through the same
-//! enrollment service), [`retirement`] (the sweeper) and [`metrics`]
-//! (Prometheus series and the admin listener). [`listener`] holds what both
-//! listeners use against hostile clients: accept back-off, the per-address
-//! cap and the write timeout.
+//! - [`frontend`]: the protocol front-ends, holding no policy — EST over
+//!   HTTPS ([`frontend::http`], [`frontend::router`], [`frontend::tls`],
+//!   [`frontend::listener`] against hostile clients), the vending-machine
+//!   JSON façades ([`frontend::cvm`]) and OCSP ([`frontend::ocsp`]);
+//!   [`rotation`] (MQTT) and the admin listener in [`metrics`] beside them.
+//! - [`authority`]: one path decides who may get which certificate and
+//!   records it — [`authority::enroll`] (authenticate via
+//!   [`authority::auth`], strict subject, entitlement, lineage, approve,
+//!   issue via a `ca_backends::CaBackend`, record), the retirement sweeper
+//!   and revocation content.
+//! - [`registry`]: the stores (SQLite, DynamoDB, PostgreSQL) behind one trait.
+//!
+//! [`server`] assembles a running server from [`config`]; `main.rs` and
+//! `cli/` are the operator commands.
 
-pub mod auth;
 pub mod authority;
 pub mod config;
-pub mod cvm;
 #[cfg(feature = "aws")]
 pub mod cvm_import;
 pub mod dev;
 pub mod devices;
-pub mod enroll;
 pub mod error;
+pub mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod header_case;
-pub mod http;
-pub mod keyed_locks;
-pub mod listener;
 pub mod metrics;
-pub mod ocsp;
-pub mod password;
 pub mod registry;
-pub mod retirement;
 pub mod rotation;
-pub mod router;
+pub mod secure_files;
 pub mod server;
-pub mod tls;

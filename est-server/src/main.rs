@@ -350,8 +350,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if password.is_empty() {
                 anyhow::bail!("empty password");
             }
-            let hash =
-                est_server::auth::hash_password(&password).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let hash = est_server::authority::auth::hash_password(&password)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{hash}");
             Ok(())
         }
@@ -362,7 +362,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = target.config()?;
             let ca = est_server::server::open_ca(&config).await?;
             let registry = est_server::server::open_registry(&config).await?;
-            let der = est_server::http::current_crl(&*registry, &ca)
+            let der = est_server::authority::revocation::current_crl(&*registry, &ca)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             std::fs::write(&out, der).with_context(|| format!("cannot write {}", out.display()))?;
@@ -488,7 +488,7 @@ async fn certs(target: Target, action: CertsAction) -> anyhow::Result<()> {
         CertsAction::Revoke { serial } => {
             let serial = registry_serial(&serial)?;
             registry.revoke(&serial).await?;
-            est_server::http::refresh_crl_file(&target.config()?, &*registry).await?;
+            est_server::server::refresh_crl_file(&target.config()?, &*registry).await?;
             println!("revoked {serial}");
         }
     }
@@ -672,7 +672,7 @@ async fn devices(target: Target, action: DevicesAction) -> anyhow::Result<()> {
                 }
             }
             println!("disabled {id} and revoked {revoked} active certificate(s)");
-            est_server::http::refresh_crl_file(&target.config()?, &*registry).await?;
+            est_server::server::refresh_crl_file(&target.config()?, &*registry).await?;
         }
     }
     Ok(())

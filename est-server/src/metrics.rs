@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::Limits;
-use crate::listener::{BackoffListener, WriteTimeout};
+use crate::frontend::listener::{BackoffListener, WriteTimeout};
 use crate::registry::{unix_now, Registry, RotationState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -9,10 +9,10 @@ use ca_backends::local::{LocalCa, LocalCaBackend, LocalCaOptions};
 use ca_backends::CaBackend;
 use tokio::net::TcpListener;
 
-use crate::auth::{Authenticator, Users};
+use crate::authority::auth::{Authenticator, Users};
+use crate::authority::enroll::{EnrollService, Label, Variant};
 use crate::config::{BackendKind, ChannelBinding, Config, LabelConfig, RegistryKind, DEVICE_CA};
-use crate::enroll::{EnrollService, Label, Variant};
-use crate::http::AppState;
+use crate::frontend::http::AppState;
 use crate::registry::{Registry, SqliteRegistry};
 
 /// Opens the device CA described by `config.ca` (creating it on first start).
@@ -237,7 +237,7 @@ pub async fn run(
             );
         }
     }
-    let tls = crate::tls::build(&config.tls, &issuers)?;
+    let tls = crate::frontend::tls::build(&config.tls, &issuers)?;
 
     let mut labels = HashMap::new();
     labels.insert(
@@ -262,7 +262,7 @@ pub async fn run(
     let reserved = config.reserved_common_names();
     let enroll = EnrollService::new(authenticator, registry.clone(), metrics.clone())
         .with_reserved_names(reserved);
-    let header_case = crate::header_case::template().await?;
+    let header_case = crate::frontend::header_case::template().await?;
     let state = Arc::new(AppState {
         labels,
         enroll,
@@ -276,8 +276,17 @@ pub async fn run(
         next_request_id: std::sync::atomic::AtomicU64::new(1),
         metrics: metrics.clone(),
     });
-    tokio::spawn(crate::retirement::sweep(
-        state.clone(),
+    let swept = state
+        .labels
+        .iter()
+        .map(|(name, label)| crate::authority::retirement::SweptLabel {
+            name: name.clone(),
+            grace: label.config.retire_grace,
+            backend: label.backend.clone(),
+        })
+        .collect();
+    tokio::spawn(crate::authority::retirement::sweep(
+        swept,
         registry,
         config.retire_sweep_interval,
     ));
@@ -295,14 +304,16 @@ pub async fn run(
     if let Some(path) = config.ca.crl_file.clone() {
         // At start (a failure stops it) and hourly: the CRL lasts a day, and
         // retirements made by this server belong in it too.
-        crate::http::write_crl_file(&*state.registry, &ca, &path).await?;
+        crate::authority::revocation::write_crl_file(&*state.registry, &ca, &path).await?;
         let (registry, ca) = (state.registry.clone(), ca.clone());
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
             every.tick().await;
             loop {
                 every.tick().await;
-                if let Err(e) = crate::http::write_crl_file(&*registry, &ca, &path).await {
+                if let Err(e) =
+                    crate::authority::revocation::write_crl_file(&*registry, &ca, &path).await
+                {
                     tracing::error!(error = %format!("{e:#}"), file = %path.display(), "cannot rewrite the CRL file");
                 }
             }
@@ -332,7 +343,7 @@ pub async fn run(
     let local: SocketAddr = listener.local_addr()?;
     tracing::info!(address = %local, "EST server listening");
     println!("listening on {local}");
-    crate::http::serve(state, listener, tls.server_config, shutdown).await;
+    crate::frontend::http::serve(state, listener, tls.server_config, shutdown).await;
     tracing::info!("EST server stopped");
     Ok(())
 }
@@ -464,7 +475,7 @@ async fn aws_backend(_: &Config, _: &LabelConfig) -> anyhow::Result<Arc<dyn CaBa
 }
 
 /// The reference vending machine's API as configured, its `RootCA` read once.
-fn getcert(cvm: &crate::config::CvmConfig) -> anyhow::Result<crate::cvm::Getcert> {
+fn getcert(cvm: &crate::config::CvmConfig) -> anyhow::Result<crate::frontend::cvm::Getcert> {
     let root_ca = match &cvm.root_ca {
         Some(path) => {
             let pem =
@@ -482,8 +493,21 @@ fn getcert(cvm: &crate::config::CvmConfig) -> anyhow::Result<crate::cvm::Getcert
         }
         None => None,
     };
-    Ok(crate::cvm::Getcert {
+    Ok(crate::frontend::cvm::Getcert {
         path: cvm.getcert_path.clone(),
         root_ca,
     })
+}
+
+/// Rewrites `[ca] crl_file` when one is configured (after a revocation).
+pub async fn refresh_crl_file(
+    config: &crate::config::Config,
+    registry: &dyn crate::registry::Registry,
+) -> anyhow::Result<()> {
+    if let Some(path) = &config.ca.crl_file {
+        let ca = open_ca(config).await?;
+        crate::authority::revocation::write_crl_file(registry, &ca, path).await?;
+        println!("rewrote {}", path.display());
+    }
+    Ok(())
 }

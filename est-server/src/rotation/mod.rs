@@ -28,9 +28,9 @@ use est_wire::rotation::{
 };
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 
+use crate::authority::keyed_locks::KeyedLocks;
 use crate::config::RotationConfig;
-use crate::http::AppState;
-use crate::keyed_locks::KeyedLocks;
+use crate::frontend::http::AppState;
 use crate::registry::{unix_now, CertState, CertificateRecord, Rotation, RotationState};
 use audit::Decision;
 use webhook::Webhook;
@@ -731,7 +731,12 @@ impl Orchestrator {
         if let Some(old) = registry.find_by_serial(&rotation.serial).await? {
             if old.retired_at.is_none() {
                 if let Some(label) = self.state.labels.get(&old.certificate.label) {
-                    crate::retirement::retire_one(registry, label.backend.as_ref(), &old).await;
+                    crate::authority::retirement::retire_one(
+                        registry,
+                        label.backend.as_ref(),
+                        &old,
+                    )
+                    .await;
                 }
             }
         }
@@ -800,7 +805,8 @@ impl Orchestrator {
             return;
         };
         if let Some(label) = self.state.labels.get(&abandoned.certificate.label) {
-            let binding = crate::retirement::binding_of(&*self.state.registry, abandoned).await;
+            let binding =
+                crate::authority::retirement::binding_of(&*self.state.registry, abandoned).await;
             if let Err(e) = label.backend.retire(backend_ref, binding.as_ref()).await {
                 self.state
                     .metrics

@@ -72,7 +72,7 @@ pub async fn client_pair(
         ),
     ] {
         let _ = std::fs::remove_file(path);
-        crate::dev::write_file(path, &bytes, mode)?;
+        crate::secure_files::write_new(path, &bytes, mode)?;
     }
     tracing::info!(cert = %pair.cert.display(), "issued the rotation orchestrator's MQTT client certificate");
     Ok(pair)

@@ -17,7 +17,7 @@ use hyper::{Request, Response, StatusCode};
 use x509_cert::ext::pkix::CrlReason;
 use x509_ocsp::OcspResponseStatus;
 
-use crate::http::AppState;
+use crate::frontend::http::AppState;
 use crate::registry::CertState;
 
 /// Path of the responder.
@@ -144,7 +144,7 @@ async fn read_request(
     }
     let body = tokio::time::timeout(
         state.limits.body_timeout,
-        crate::http::read_limited(request.into_body(), state.limits.max_body_bytes),
+        crate::frontend::http::read_limited(request.into_body(), state.limits.max_body_bytes),
     )
     .await;
     match body {

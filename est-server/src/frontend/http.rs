@@ -1,9 +1,9 @@
 //! The HTTPS listener: TLS accept, HTTP/1.1 via hyper, routing, limits,
 //! media types, and turning outcomes into EST responses.
 //!
-//! Policy lives in [`crate::enroll`]; this module only moves bytes in and
+//! Policy lives in [`crate::authority::enroll`]; this module only moves bytes in and
 //! out, so that every response carries `Content-Length` (never chunked),
-//! header names spelled as real clients compare them ([`crate::header_case`]),
+//! header names spelled as real clients compare them ([`crate::frontend::header_case`]),
 //! and a plain-text body that says what was wrong.
 
 use std::collections::HashMap;
@@ -27,13 +27,13 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use crate::auth::{ClientCertificate, Credentials};
+use crate::authority::auth::{ClientCertificate, Credentials};
+use crate::authority::enroll::{EnrollRequest, EnrollService, Label};
 use crate::config::Limits;
-use crate::enroll::{EnrollRequest, EnrollService, Label};
 use crate::error::EstError;
-use crate::listener::{BackoffListener, PerAddress, WriteTimeout};
+use crate::frontend::listener::{BackoffListener, PerAddress, WriteTimeout};
+use crate::frontend::router::{route, Operation, RouteError};
 use crate::registry::Registry;
-use crate::router::{route, Operation, RouteError};
 use est_wire::media;
 
 /// Everything a request handler needs, shared by all connections.
@@ -46,12 +46,12 @@ pub struct AppState {
     pub realm: String,
     /// Limits.
     pub limits: Limits,
-    /// Makes hyper spell header names exactly (see [`crate::header_case`]).
+    /// Makes hyper spell header names exactly (see [`crate::frontend::header_case`]).
     pub header_case: Extensions,
     /// Label whose rules the JSON façades apply, when they are enabled.
     pub cvm_label: Option<String>,
     /// The AWS reference vending machine's API, when the façades are enabled.
-    pub getcert: Option<crate::cvm::Getcert>,
+    pub getcert: Option<crate::frontend::cvm::Getcert>,
     /// The registry (to note that a successor certificate is in use).
     pub registry: Arc<dyn Registry>,
     /// The local CA (for its CRL).
@@ -240,8 +240,8 @@ async fn handle_in_span(
     let measured = enrollment_metric_labels(state, method.as_str(), &path);
     let response = if let Some(facade) = facade_at(state, &path) {
         json_facade(state, connection, request, request_id, facade).await
-    } else if crate::ocsp::is_ocsp_path(&path) {
-        crate::ocsp::handle(state, request).await
+    } else if crate::frontend::ocsp::is_ocsp_path(&path) {
+        crate::frontend::ocsp::handle(state, request).await
     } else if path == CRL_PATH && request.method() == hyper::Method::GET {
         match crl(state).await {
             Ok(response) => response,
@@ -380,75 +380,13 @@ pub const CRL_PATH: &str = "/crl";
 
 /// The local CA's current CRL: revoked and retired certificates.
 async fn crl(state: &AppState) -> Result<Response<Full<Bytes>>, EstError> {
-    let der = current_crl(&*state.registry, &state.local_ca).await?;
+    let der = crate::authority::revocation::current_crl(&*state.registry, &state.local_ca).await?;
     let mut response = Response::new(Full::new(Bytes::from(der)));
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/pkix-crl"),
     );
     Ok(response)
-}
-
-/// Signs a CRL from the registry's revocations, valid for one day.
-pub async fn current_crl(
-    registry: &dyn Registry,
-    ca: &ca_backends::local::LocalCa,
-) -> Result<Vec<u8>, EstError> {
-    let revoked: Vec<(String, std::time::SystemTime)> = registry
-        .local_revocations()
-        .await
-        .map_err(EstError::from)?
-        .into_iter()
-        .map(|(serial, at)| {
-            (
-                serial,
-                std::time::UNIX_EPOCH + std::time::Duration::from_secs(at.max(0) as u64),
-            )
-        })
-        .collect();
-    Ok(ca
-        .crl(&revoked, std::time::Duration::from_secs(24 * 3600))
-        .await?)
-}
-
-/// Writes the current CRL as PEM to `path` atomically: a temporary file in
-/// the same directory, synced, then renamed over `path`, so a reader
-/// (Mosquitto's `crlfile`) sees the old CRL or the new one, never half.
-pub async fn write_crl_file(
-    registry: &dyn Registry,
-    ca: &ca_backends::local::LocalCa,
-    path: &std::path::Path,
-) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use std::io::Write;
-    let der = current_crl(registry, ca)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pem = est_wire::pem::encode("X509 CRL", &der);
-    let name = path
-        .file_name()
-        .with_context(|| format!("crl_file {} names no file", path.display()))?;
-    let temporary = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    let mut file = std::fs::File::create(&temporary)
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    file.write_all(pem.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
-        .with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
-}
-
-/// Rewrites `[ca] crl_file` when one is configured (after a revocation).
-pub async fn refresh_crl_file(
-    config: &crate::config::Config,
-    registry: &dyn Registry,
-) -> anyhow::Result<()> {
-    if let Some(path) = &config.ca.crl_file {
-        let ca = crate::server::open_ca(config).await?;
-        write_crl_file(registry, &ca, path).await?;
-        println!("rewrote {}", path.display());
-    }
-    Ok(())
 }
 
 /// Path of the JSON façade.
@@ -546,7 +484,7 @@ async fn json_facade(
         let peer = Some(connection.peer.ip());
         let json = match (facade, &state.getcert) {
             (Facade::Getcert, Some(getcert)) => serde_json::to_vec(
-                &crate::cvm::handle_getcert(
+                &crate::frontend::cvm::handle_getcert(
                     &state.enroll,
                     label,
                     getcert,
@@ -558,7 +496,7 @@ async fn json_facade(
                 .await?,
             ),
             _ => serde_json::to_vec(
-                &crate::cvm::handle(
+                &crate::frontend::cvm::handle(
                     &state.enroll,
                     label,
                     &body,

@@ -12,16 +12,29 @@ use std::time::Duration;
 
 use ca_backends::Binding;
 
-use crate::http::AppState;
 use crate::registry::{unix_now, CertificateRecord, Registry};
 
+/// What the sweeper needs of one label: its registry name, its
+/// `retire_grace` and the CA that retires its certificates.
+pub struct SweptLabel {
+    /// The label as the registry stores it (`""` for the unlabelled path).
+    pub name: String,
+    /// Superseded certificates are retired after this at the latest.
+    pub grace: Duration,
+    /// The backend that retires them.
+    pub backend: Arc<dyn ca_backends::CaBackend>,
+}
+
 /// Runs forever, one pass every `interval`.
-pub async fn sweep(state: Arc<AppState>, registry: Arc<dyn Registry>, interval: Duration) {
+pub async fn sweep(labels: Vec<SweptLabel>, registry: Arc<dyn Registry>, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
-        for (name, label) in &state.labels {
-            let before = unix_now() - label.config.retire_grace.as_secs() as i64;
-            let candidates = match registry.retirement_candidates(name, before, 100).await {
+        for label in &labels {
+            let before = unix_now() - label.grace.as_secs() as i64;
+            let candidates = match registry
+                .retirement_candidates(&label.name, before, 100)
+                .await
+            {
                 Ok(found) => found,
                 Err(e) => {
                     tracing::warn!(error = %e, "retirement sweep: registry unavailable");

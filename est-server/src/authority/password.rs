@@ -5,8 +5,8 @@
 //! (`m=19456`) touches 19 MiB. Allocated per check, that memory grows with the
 //! number of checks running at once and the allocator keeps it afterwards
 //! (32 clients authenticating together took the server past 600 MiB of RSS).
-//! [`PasswordChecker`] owns a few block buffers (one per CPU, at least 2 and
-//! at most [`MAX_SLOTS`]), each allocated by its first check and reused
+//! [`PasswordChecker`] owns a few block buffers (one per CPU but one, at least
+//! 1 and at most [`MAX_SLOTS`]), each allocated by its first check and reused
 //! after, so argon2 costs the server at most `slots × m_cost` however many
 //! clients authenticate together.
 //!
@@ -48,10 +48,13 @@ pub struct PasswordChecker {
 }
 
 impl Default for PasswordChecker {
-    /// One buffer per CPU, at least 2, at most [`MAX_SLOTS`].
+    /// One buffer per CPU but one, at least 1, at most [`MAX_SLOTS`]: a
+    /// flood of guesses never takes every core from TLS and signing, and on
+    /// a 2-core machine argon2 holds one 19 MiB buffer (fairness comes from
+    /// the turns per address, not from the number of buffers).
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self::new(cpus.clamp(2, MAX_SLOTS))
+        Self::new(cpus.saturating_sub(1).clamp(1, MAX_SLOTS))
     }
 }
 
@@ -284,7 +287,7 @@ mod tests {
 
     #[tokio::test]
     async fn matches_what_the_argon2_crate_hashes_and_nothing_else() {
-        let phc = crate::auth::hash_password("correct horse").unwrap();
+        let phc = crate::authority::auth::hash_password("correct horse").unwrap();
         let checker = PasswordChecker::new(1);
         let mut session = checker.session(None).await;
         assert!(session.verify(b"correct horse", &phc));

@@ -3,7 +3,7 @@
 //! [`Authenticator::authenticate`] turns the credentials of one request into
 //! a [`Principal`], or refuses with 401 (no or wrong credentials) or 403
 //! (a certificate this server knows but will not accept). What a principal
-//! may then do is decided by [`crate::enroll`].
+//! may then do is decided by [`crate::authority::enroll`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,12 +18,12 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_cert::Certificate;
 use zeroize::Zeroizing;
 
+use crate::authority::keyed_locks::KeyedLocks;
+use crate::authority::password::{PasswordChecker, Session};
 use crate::config::{AuthMethod, LabelConfig, Limits, UserConfig};
 use crate::error::EstError;
-use crate::keyed_locks::KeyedLocks;
-use crate::password::{PasswordChecker, Session};
+use crate::frontend::router::Operation;
 use crate::registry::{CertState, CertificateRecord, DeviceState, Registry};
-use crate::router::Operation;
 
 /// User name and password from an `Authorization: Basic` header.
 pub struct BasicCredentials {
@@ -72,7 +72,7 @@ pub struct Users {
     /// costliest configured hash (its result is never taken), else
     /// [`DECOY_HASH`].
     decoy: String,
-    /// Argon2 checks on a few buffers, in turns per address (see [`crate::password`]).
+    /// Argon2 checks on a few buffers, in turns per address (see [`crate::authority::password`]).
     checker: PasswordChecker,
     /// Recently verified credentials, as HMAC-SHA256 under a per-process
     /// random key (never the password), so a client that authenticates on
@@ -132,7 +132,7 @@ impl Users {
 
     /// True when `credentials` name a configured user with the right password.
     /// The argon2 check waits for its turn among `peer`'s and other
-    /// addresses' checks (see [`crate::password`]), then runs on a blocking
+    /// addresses' checks (see [`crate::authority::password`]), then runs on a blocking
     /// thread: argon2 is deliberately slow.
     pub async fn verify(
         self: &Arc<Self>,

@@ -16,18 +16,20 @@ use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::Certificate;
 use zeroize::Zeroizing;
 
-use crate::auth::{superseded_reason, Authenticator, ClientCertificate, Credentials, Principal};
+use crate::authority::auth::{
+    superseded_reason, Authenticator, ClientCertificate, Credentials, Principal,
+};
 use crate::authority::entitlement::{self, CredentialKind, Identity};
 use crate::authority::lineage::{self, RequestKind};
 use crate::authority::subject;
 use crate::config::{ChannelBinding, LabelConfig};
 use crate::error::EstError;
+use crate::frontend::router::Operation;
 use crate::metrics::Metrics;
 use crate::registry::{
     unix_now, unix_seconds, CertState, CertificateRecord, DeviceClaim, DeviceState, NewCertificate,
     PendingRequest, PendingState, Registry, RegistryError,
 };
-use crate::router::Operation;
 
 /// How long a device reservation holds before another request may take over.
 const RESERVATION_SECS: i64 = 60;

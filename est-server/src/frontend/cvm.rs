@@ -12,10 +12,10 @@
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::auth::Credentials;
-use crate::enroll::{EnrollRequest, EnrollService, Enrolled, Label};
+use crate::authority::auth::Credentials;
+use crate::authority::enroll::{EnrollRequest, EnrollService, Enrolled, Label};
 use crate::error::EstError;
-use crate::router::Operation;
+use crate::frontend::router::Operation;
 
 /// The request body.
 #[derive(Deserialize)]
