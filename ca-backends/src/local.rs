@@ -23,6 +23,7 @@ use x509_cert::name::Name;
 use x509_cert::Certificate;
 
 use crate::signer::Signer;
+pub use crate::x509::StatusUrls;
 use crate::x509::{build_and_sign, key_identifier, CertificateSpec};
 use crate::{CaBackend, CaError, IssueRequest, IssuedCertificate, Profile};
 
@@ -76,6 +77,7 @@ pub struct LocalCa {
     issuing: Certificate,
     signer: Arc<dyn Signer>,
     issuing_key_id: Vec<u8>,
+    status_urls: StatusUrls,
 }
 
 impl std::fmt::Debug for LocalCa {
@@ -123,6 +125,7 @@ impl LocalCa {
             issuing,
             signer,
             issuing_key_id,
+            status_urls: StatusUrls::default(),
         })
     }
 
@@ -191,6 +194,7 @@ impl LocalCa {
                 ca_path_len: Some(None),
                 issuer: &root_name,
                 issuer_key_id: None,
+                extra_extensions: vec![],
             },
             root_key,
         )
@@ -208,6 +212,7 @@ impl LocalCa {
                 ca_path_len: Some(Some(options.issuing_path_len)),
                 issuer: &root_name,
                 issuer_key_id: Some(&root_key_id),
+                extra_extensions: vec![],
             },
             root_key,
         )
@@ -259,6 +264,66 @@ impl LocalCa {
         Self::install(dir, root, issuing)?;
         tracing::info!(dir = %dir.display(), "installed the issuing CA signed by the offline root");
         Ok(())
+    }
+
+    /// Writes `urls` (OCSP responder, CRL) into every certificate this CA
+    /// issues from now on.
+    pub fn with_status_urls(mut self, urls: StatusUrls) -> Self {
+        self.status_urls = urls;
+        self
+    }
+
+    /// The status URLs issued certificates carry.
+    pub fn status_urls(&self) -> &StatusUrls {
+        &self.status_urls
+    }
+
+    /// Where the CA's files are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Issues a delegated OCSP responder certificate (RFC 6960 §4.2.2.2) for
+    /// `key`: EKU id-kp-OCSPSigning, key usage digitalSignature,
+    /// id-pkix-ocsp-nocheck, valid from a minute ago for `validity`.
+    pub async fn issue_ocsp_responder(
+        &self,
+        key: &dyn Signer,
+        validity: Duration,
+    ) -> Result<Certificate, CaError> {
+        let now = SystemTime::now();
+        let issuing_cn = self
+            .issuing
+            .tbs_certificate
+            .subject
+            .to_string()
+            .split(',')
+            .find_map(|rdn| rdn.trim().strip_prefix("CN=").map(str::to_owned))
+            .unwrap_or_else(|| "EST Issuing CA".to_owned());
+        let not_after = (now + validity).min(
+            self.issuing
+                .tbs_certificate
+                .validity
+                .not_after
+                .to_system_time(),
+        );
+        build_and_sign(
+            CertificateSpec {
+                subject: parse_name(&format!("CN={issuing_cn} OCSP responder"))?,
+                public_key: key.public_key_info(),
+                not_before: now - Duration::from_secs(60),
+                not_after,
+                key_usage: KeyUsages::DigitalSignature.into(),
+                extended_key_usage: vec![const_oid::db::rfc5280::ID_KP_OCSP_SIGNING],
+                subject_alt_names: vec![],
+                ca_path_len: None,
+                issuer: &self.issuing.tbs_certificate.subject,
+                issuer_key_id: Some(&self.issuing_key_id),
+                extra_extensions: vec![crate::x509::ocsp_nocheck()?],
+            },
+            self.signer.as_ref(),
+        )
+        .await
     }
 
     /// Where the issuing key is (for `ca show` and logs).
@@ -371,6 +436,7 @@ impl LocalCa {
                 ca_path_len,
                 issuer: &self.issuing.tbs_certificate.subject,
                 issuer_key_id: Some(&self.issuing_key_id),
+                extra_extensions: self.status_urls.extensions()?,
             },
             self.signer.as_ref(),
         )

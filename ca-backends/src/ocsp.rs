@@ -1,10 +1,13 @@
-//! OCSP (RFC 6960) answers signed by the local CA's issuing key.
+//! OCSP (RFC 6960) answers for a local CA.
 //!
-//! The server parses a request with [`OcspQuery::parse`], looks up each
-//! serial that names this CA ([`OcspQuery::serials`]) and has
-//! [`LocalCa::ocsp_response`] sign the statuses. The issuing CA signs its
-//! own answers (no delegated responder), so a client needs no extra
-//! certificate: `openssl ocsp -issuer issuing.pem -VAfile issuing.pem`.
+//! The server parses a request with [`OcspQuery::parse`], finds the CA its
+//! first entry names ([`OcspQuery::names_issuer_of`]), looks up each serial
+//! of that CA ([`OcspQuery::serials`]) and has [`LocalCa::ocsp_response`]
+//! sign the statuses — with the issuing CA's key (a client then needs no
+//! extra certificate: `openssl ocsp -issuer issuing.pem -VAfile issuing.pem`)
+//! or with a [`DelegatedResponder`]: a short-lived certificate the issuing CA
+//! gives an in-memory key (id-kp-OCSPSigning, id-pkix-ocsp-nocheck), sent
+//! with every answer, so answers cost no HSM or KMS round trip.
 
 use std::time::{Duration, SystemTime};
 
@@ -56,6 +59,26 @@ impl OcspQuery {
         Ok(Self { request })
     }
 
+    /// Whether the first certificate asked about names `ca`'s issuing CA
+    /// (the responder answers for that CA; entries of others are unknown).
+    pub fn names_issuer_of(&self, ca: &LocalCa) -> bool {
+        self.request
+            .tbs_request
+            .request_list
+            .first()
+            .is_some_and(|single| names_issuer(ca, &single.req_cert))
+    }
+
+    /// The DER of the one CertID asked about when the answer may be reused
+    /// for the same question (one entry, no nonce); `None` otherwise.
+    pub fn cache_key(&self) -> Option<Vec<u8>> {
+        let list = &self.request.tbs_request.request_list;
+        if list.len() != 1 || self.request.nonce().is_some() {
+            return None;
+        }
+        list[0].req_cert.to_der().ok()
+    }
+
     /// For each certificate asked about, its serial (lower-case hex) when
     /// the CertID names `ca`'s issuing CA, `None` otherwise (then unknown).
     pub fn serials(&self, ca: &LocalCa) -> Vec<Option<String>> {
@@ -94,16 +117,56 @@ fn names_issuer(ca: &LocalCa, id: &x509_ocsp::CertId) -> bool {
         && digest::digest(algorithm, key).as_ref() == id.issuer_key_hash.as_bytes()
 }
 
+/// A delegated OCSP signer: a key made in memory (never written anywhere)
+/// and the certificate the issuing CA gave it.
+#[derive(Debug)]
+pub struct DelegatedResponder {
+    key: crate::signer::file::FileSigner,
+    certificate: x509_cert::Certificate,
+}
+
+impl DelegatedResponder {
+    /// Makes a P-256 key and has `ca` certify it for OCSP signing for `validity`.
+    pub async fn issue(ca: &LocalCa, validity: Duration) -> Result<Self, CaError> {
+        let key = tokio::task::spawn_blocking(|| {
+            est_wire::keys::SigningKey::generate(est_wire::keys::KeyAlgorithm::EcP256)
+        })
+        .await
+        .map_err(|e| CaError::Internal(e.to_string()))?
+        .map_err(|e| CaError::Internal(e.to_string()))?;
+        let key = crate::signer::file::FileSigner::new(key, None);
+        let certificate = ca.issue_ocsp_responder(&key, validity).await?;
+        Ok(Self { key, certificate })
+    }
+
+    /// The responder's certificate.
+    pub fn certificate(&self) -> &x509_cert::Certificate {
+        &self.certificate
+    }
+
+    /// When its certificate ends.
+    pub fn not_after(&self) -> SystemTime {
+        self.certificate
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_system_time()
+    }
+}
+
 impl LocalCa {
     /// A signed, successful `OCSPResponse` (DER) giving `statuses` (one per
     /// request entry, in order), valid for `lifetime`, with the request's
-    /// nonce echoed.
+    /// nonce echoed; signed by `delegated` (its certificate included) or,
+    /// without one, by the issuing CA.
     pub async fn ocsp_response(
         &self,
         query: &OcspQuery,
         statuses: &[Status],
         lifetime: Duration,
+        delegated: Option<&DelegatedResponder>,
     ) -> Result<Vec<u8>, CaError> {
+        use crate::signer::Signer;
         let internal = |e: der::Error| CaError::Internal(e.to_string());
         let now = SystemTime::now();
         let time = |at: SystemTime| -> Result<OcspGeneralizedTime, CaError> {
@@ -147,19 +210,20 @@ impl LocalCa {
             }]),
             None => None,
         };
+        let signer: &dyn Signer = match delegated {
+            Some(responder) => &responder.key,
+            None => self.signer().as_ref(),
+        };
         let tbs_response_data = ResponseData {
             version: Version::V1,
             responder_id: ResponderId::ByKey(
-                OctetString::new(crate::x509::key_identifier(
-                    &self.issuing().tbs_certificate.subject_public_key_info,
-                ))
-                .map_err(internal)?,
+                OctetString::new(crate::x509::key_identifier(&signer.public_key_info()))
+                    .map_err(internal)?,
             ),
             produced_at: time(now)?,
             responses,
             response_extensions,
         };
-        let signer = self.signer();
         let signature = signer
             .sign(&tbs_response_data.to_der().map_err(internal)?)
             .await?;
@@ -167,7 +231,7 @@ impl LocalCa {
             tbs_response_data,
             signature_algorithm: signer.signature_algorithm(),
             signature: BitString::from_bytes(&signature).map_err(internal)?,
-            certs: None,
+            certs: delegated.map(|responder| vec![responder.certificate.clone()]),
         };
         OcspResponse {
             response_status: OcspResponseStatus::Successful,

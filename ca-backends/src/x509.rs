@@ -35,6 +35,65 @@ pub(crate) struct CertificateSpec<'a> {
     pub issuer: &'a Name,
     /// `None` for a self-signed certificate (the key identifier is then the subject's own).
     pub issuer_key_id: Option<&'a [u8]>,
+    /// Further extensions (AIA, CRL distribution point, OCSP no-check).
+    pub extra_extensions: Vec<Extension>,
+}
+
+/// Where relying parties find a certificate's status: the OCSP responder
+/// (Authority Information Access) and the CRL (CRL distribution point).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusUrls {
+    /// `http://…/ocsp`, written into issued certificates' AIA extension.
+    pub ocsp: Option<String>,
+    /// `http://…/crl`, written into their CRL distribution points.
+    pub crl: Option<String>,
+}
+
+impl StatusUrls {
+    /// The AIA and CRL distribution point extensions for these URLs.
+    pub(crate) fn extensions(&self) -> Result<Vec<Extension>, CaError> {
+        use x509_cert::ext::pkix::crl::dp::DistributionPoint;
+        use x509_cert::ext::pkix::name::DistributionPointName;
+        use x509_cert::ext::pkix::{
+            AccessDescription, AuthorityInfoAccessSyntax, CrlDistributionPoints,
+        };
+        let uri = |url: &str| -> Result<GeneralName, CaError> {
+            Ok(GeneralName::UniformResourceIdentifier(
+                der::asn1::Ia5String::new(url).map_err(internal)?,
+            ))
+        };
+        let mut extensions = Vec::new();
+        if let Some(url) = &self.ocsp {
+            extensions.push(extension(
+                &AuthorityInfoAccessSyntax(vec![AccessDescription {
+                    access_method: const_oid::db::rfc5280::ID_AD_OCSP,
+                    access_location: uri(url)?,
+                }]),
+                false,
+            )?);
+        }
+        if let Some(url) = &self.crl {
+            extensions.push(extension(
+                &CrlDistributionPoints(vec![DistributionPoint {
+                    distribution_point: Some(DistributionPointName::FullName(vec![uri(url)?])),
+                    reasons: None,
+                    crl_issuer: None,
+                }]),
+                false,
+            )?);
+        }
+        Ok(extensions)
+    }
+}
+
+/// RFC 6960 §4.2.2.2.1 `id-pkix-ocsp-nocheck` (value NULL): a delegated
+/// OCSP responder's own certificate is not checked for revocation.
+pub(crate) fn ocsp_nocheck() -> Result<Extension, CaError> {
+    Ok(Extension {
+        extn_id: const_oid::db::rfc6960::ID_PKIX_OCSP_NOCHECK,
+        critical: false,
+        extn_value: octets(der::asn1::Null.to_der().map_err(internal)?)?,
+    })
 }
 
 /// Builds the certificate described by `spec` and signs it with `signer`.
@@ -72,6 +131,7 @@ pub(crate) async fn build_and_sign(
             critical,
         )?);
     }
+    extensions.extend(spec.extra_extensions.iter().cloned());
     extensions.push(extension(
         &SubjectKeyIdentifier(octets(subject_key_id)?),
         false,

@@ -77,6 +77,9 @@ pub struct Config {
     /// Server-driven rotation over MQTT (off when absent or `enabled = false`).
     #[serde(default)]
     pub rotation: Option<RotationConfig>,
+    /// OCSP answers and CRL files (`[revocation]`).
+    #[serde(default)]
+    pub revocation: RevocationConfig,
 }
 
 /// The MQTT rotation orchestrator (see `est_wire::rotation` for the topics).
@@ -252,11 +255,76 @@ pub struct CaConfig {
     /// Where the issuing CA's key is: `file` (default, in `dir`) or `pkcs11`.
     #[serde(default)]
     pub signer: ca_backends::signer::SignerConfig,
-    /// A PEM copy of the CRL kept current (Mosquitto's `crlfile`): written at
-    /// start, hourly, and after every `certs revoke` / `devices revoke`,
-    /// each time atomically (temporary file + rename). `[ca]` only.
+    /// A PEM copy of this CA's CRL kept current (Mosquitto's `crlfile`):
+    /// written at start, whenever the registry's revocations change (checked
+    /// every `[revocation] crl_check_interval`, whichever server or command
+    /// revoked or retired), at least hourly, and by `certs revoke` /
+    /// `devices revoke`; each time atomically (temporary file + rename).
     #[serde(default)]
     pub crl_file: Option<PathBuf>,
+    /// Run after every rewrite of `crl_file` (argv, no shell), e.g.
+    /// `["pkill", "-HUP", "-x", "mosquitto"]` (Mosquitto reloads its
+    /// `crlfile` on SIGHUP).
+    #[serde(default)]
+    pub crl_reload_command: Vec<String>,
+    /// OCSP responder URL written into issued certificates' Authority
+    /// Information Access (e.g. `http://ca.example.com:8080/ocsp`).
+    #[serde(default)]
+    pub ocsp_url: Option<String>,
+    /// CRL URL written into issued certificates' CRL distribution points
+    /// (e.g. `http://ca.example.com:8080/crl`; `/crl/<name>` for `[cas.<name>]`).
+    #[serde(default)]
+    pub crl_url: Option<String>,
+}
+
+/// `[revocation]`: how OCSP answers are signed and served, how often CRL
+/// files are checked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// `issuing-ca` (default: the CA's own key) or `delegated` (a
+    /// responder certificate for an in-memory key, so answers cost no HSM
+    /// or KMS round trip).
+    #[serde(default)]
+    pub ocsp_signer: crate::authority::revocation::OcspSigner,
+    /// nextUpdate − thisUpdate of OCSP answers.
+    #[serde(default = "default_ocsp_lifetime", with = "duration_text")]
+    pub ocsp_lifetime: Duration,
+    /// A plain-HTTP listener for `/ocsp` and `/crl` (nginx stapling and most
+    /// OCSP clients speak HTTP); none by default (they are on the EST port).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Connections at once on that listener.
+    #[serde(default = "default_ocsp_max_connections")]
+    pub max_connections: usize,
+    /// How often the registry is checked for new revocations to write into
+    /// the CRL files.
+    #[serde(default = "default_crl_check_interval", with = "duration_text")]
+    pub crl_check_interval: Duration,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        Self {
+            ocsp_signer: Default::default(),
+            ocsp_lifetime: default_ocsp_lifetime(),
+            listen: None,
+            max_connections: default_ocsp_max_connections(),
+            crl_check_interval: default_crl_check_interval(),
+        }
+    }
+}
+
+fn default_ocsp_lifetime() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_ocsp_max_connections() -> usize {
+    256
+}
+
+fn default_crl_check_interval() -> Duration {
+    Duration::from_secs(2)
 }
 
 impl Default for CaConfig {
@@ -269,6 +337,9 @@ impl Default for CaConfig {
             client_auth: None,
             signer: Default::default(),
             crl_file: None,
+            crl_reload_command: Vec::new(),
+            ocsp_url: None,
+            crl_url: None,
         }
     }
 }
@@ -615,7 +686,12 @@ impl Config {
         if let Some(path) = &mut self.ca.crl_file {
             resolve(path);
         }
-        self.cas.values_mut().for_each(|ca| resolve(&mut ca.dir));
+        for ca in self.cas.values_mut() {
+            resolve(&mut ca.dir);
+            if let Some(path) = &mut ca.crl_file {
+                resolve(path);
+            }
+        }
         resolve(&mut self.registry.path);
         self.registry.ca_file.iter_mut().for_each(resolve);
         self.registry.password_file.iter_mut().for_each(resolve);
@@ -659,6 +735,31 @@ impl Config {
             .key_algorithm
             .parse::<est_wire::keys::KeyAlgorithm>()
             .map_err(|e| anyhow::anyhow!("ca.key_algorithm: {e}"))?;
+        for (field, ca) in std::iter::once(("ca".to_owned(), &self.ca)).chain(
+            self.cas
+                .iter()
+                .map(|(name, ca)| (format!("cas.{name}"), ca)),
+        ) {
+            for (key, url) in [("ocsp_url", &ca.ocsp_url), ("crl_url", &ca.crl_url)] {
+                if let Some(url) = url {
+                    if !(url.starts_with("http://") || url.starts_with("https://"))
+                        || !url.is_ascii()
+                        || url.chars().any(|c| c.is_ascii_control() || c == ' ')
+                    {
+                        bail!("{field}.{key}: `{url}` is not an http:// or https:// URL (ASCII, no spaces)");
+                    }
+                }
+            }
+            if ca.crl_reload_command.first().is_some_and(|c| c.is_empty()) {
+                bail!("{field}.crl_reload_command: the program name is empty");
+            }
+        }
+        if self.revocation.max_connections == 0 {
+            bail!("revocation.max_connections: must be at least 1");
+        }
+        if self.revocation.crl_check_interval.is_zero() || self.revocation.ocsp_lifetime.is_zero() {
+            bail!("revocation.crl_check_interval and ocsp_lifetime must be longer than 0s");
+        }
         if self.ca.client_auth == Some(false) {
             bail!("ca.client_auth: the device CA in [ca] always authenticates clients; put a hierarchy that must not into [cas.<name>]");
         }
@@ -756,8 +857,11 @@ impl Config {
                 Some(_) => {}
             }
             let path = &cvm.getcert_path;
-            let reserved =
-                path.starts_with("/.well-known/") || path == "/crl" || path.starts_with("/cvm/");
+            let reserved = path.starts_with("/.well-known/")
+                || path == "/crl"
+                || path.starts_with("/crl/")
+                || path.starts_with("/ocsp")
+                || path.starts_with("/cvm/");
             if !path.starts_with('/')
                 || path.len() > 256
                 || reserved
@@ -1002,12 +1106,58 @@ mod tests {
         let cvm = config.cvm.unwrap();
         assert_eq!(cvm.getcert_path, "/Prod/getcert");
         assert!(cvm.root_ca.unwrap().is_absolute());
-        for bad in ["getcert", "/.well-known/est/x", "/a?b", "/crl"] {
+        for bad in [
+            "getcert",
+            "/.well-known/est/x",
+            "/a?b",
+            "/crl",
+            "/crl/edge",
+            "/ocsp",
+        ] {
             let err = format!(
                 "{:#}",
                 with(&format!("getcert_path = \"{bad}\"\n")).unwrap_err()
             );
             assert!(err.contains("cvm.getcert_path"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn status_urls_and_revocation_settings_are_checked() {
+        let config = load_str(&format!(
+            "{MINIMAL}[ca]\nocsp_url = \"http://ca.example/ocsp\"\ncrl_file = \"crl.pem\"\n\
+             crl_reload_command = [\"pkill\", \"-HUP\", \"-x\", \"mosquitto\"]\n\
+             [revocation]\nocsp_signer = \"delegated\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.ca.ocsp_url.as_deref(),
+            Some("http://ca.example/ocsp")
+        );
+        assert!(config.ca.crl_file.unwrap().is_absolute());
+        assert_eq!(
+            config.revocation.ocsp_signer,
+            crate::authority::revocation::OcspSigner::Delegated
+        );
+        assert_eq!(config.revocation.crl_check_interval, Duration::from_secs(2));
+        for (bad, field) in [
+            ("[ca]\nocsp_url = \"ca.example/ocsp\"\n", "ca.ocsp_url"),
+            (
+                "[ca]\ncrl_url = \"http://ca.example/crl list\"\n",
+                "ca.crl_url",
+            ),
+            (
+                "[ca]\ncrl_reload_command = [\"\"]\n",
+                "ca.crl_reload_command",
+            ),
+            ("[revocation]\nocsp_signer = \"hsm\"\n", "ocsp_signer"),
+            (
+                "[revocation]\ncrl_check_interval = \"0s\"\n",
+                "crl_check_interval",
+            ),
+        ] {
+            let err = format!("{:#}", load_str(&format!("{MINIMAL}{bad}")).unwrap_err());
+            assert!(err.contains(field), "{bad}: {err}");
         }
     }
 

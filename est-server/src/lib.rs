@@ -3,7 +3,7 @@
 //! - [`frontend`]: the protocol front-ends, holding no policy — EST over
 //!   HTTPS ([`frontend::http`], [`frontend::router`], [`frontend::tls`],
 //!   [`frontend::listener`] against hostile clients), the vending-machine
-//!   JSON façades ([`frontend::cvm`]) and OCSP ([`frontend::ocsp`]);
+//!   JSON façades ([`frontend::cvm`]) and OCSP and CRLs ([`frontend::status`]);
 //!   [`rotation`] (MQTT) and the admin listener in [`metrics`] beside them.
 //! - [`authority`]: one path decides who may get which certificate and
 //!   records it — [`authority::enroll`] (authenticate via

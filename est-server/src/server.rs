@@ -45,7 +45,11 @@ pub async fn open_named_ca(config: &Config, name: &str) -> anyhow::Result<Arc<Lo
             .await?
         }
     }
-    .with_context(|| format!("{field}: local CA in {}", settings.dir.display()))?;
+    .with_context(|| format!("{field}: local CA in {}", settings.dir.display()))?
+    .with_status_urls(ca_backends::local::StatusUrls {
+        ocsp: settings.ocsp_url.clone(),
+        crl: settings.crl_url.clone(),
+    });
     tracing::info!(ca = %name, key = %ca.key_location(), "opened local CA");
     Ok(Arc::new(ca))
 }
@@ -272,7 +276,12 @@ pub async fn run(
         cvm_label: config.cvm.as_ref().map(|c| c.label.clone()),
         getcert: config.cvm.as_ref().map(getcert).transpose()?,
         registry: registry.clone(),
-        local_ca: ca.clone(),
+        revocation: Arc::new(crate::authority::revocation::Revocation::new(
+            registry.clone(),
+            ordered_cas(&cas),
+            config.revocation.ocsp_signer,
+            config.revocation.ocsp_lifetime,
+        )),
         next_request_id: std::sync::atomic::AtomicU64::new(1),
         metrics: metrics.clone(),
     });
@@ -301,21 +310,33 @@ pub async fn run(
             }
         });
     }
-    if let Some(path) = config.ca.crl_file.clone() {
-        // At start (a failure stops it) and hourly: the CRL lasts a day, and
-        // retirements made by this server belong in it too.
-        crate::authority::revocation::write_crl_file(&*state.registry, &ca, &path).await?;
-        let (registry, ca) = (state.registry.clone(), ca.clone());
+    let crl_files = crl_files(&config, &cas);
+    if !crl_files.is_empty() {
+        // At start (a failure stops the server), then on every change.
+        let before = crate::authority::revocation::snapshot(&*state.registry)
+            .await
+            .map_err(|e| anyhow::anyhow!("CRL files: {e}"))?;
+        for file in &crl_files {
+            crate::authority::revocation::write_crl_file(&*state.registry, &file.ca, &file.path)
+                .await?;
+            crate::authority::revocation::run_reload_command(&file.reload_command).await;
+        }
+        tokio::spawn(crate::authority::revocation::keep_crl_files(
+            state.registry.clone(),
+            crl_files,
+            config.revocation.crl_check_interval,
+            before,
+        ));
+    }
+    if let Some(address) = config.revocation.listen {
+        let plain = crate::frontend::status::serve_plain(
+            address,
+            state.clone(),
+            config.revocation.max_connections,
+        );
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
-            every.tick().await;
-            loop {
-                every.tick().await;
-                if let Err(e) =
-                    crate::authority::revocation::write_crl_file(&*registry, &ca, &path).await
-                {
-                    tracing::error!(error = %format!("{e:#}"), file = %path.display(), "cannot rewrite the CRL file");
-                }
+            if let Err(e) = plain.await {
+                tracing::error!(error = %e, "OCSP/CRL listener failed");
             }
         });
     }
@@ -499,15 +520,45 @@ fn getcert(cvm: &crate::config::CvmConfig) -> anyhow::Result<crate::frontend::cv
     })
 }
 
-/// Rewrites `[ca] crl_file` when one is configured (after a revocation).
+/// The local CAs, the device CA first, then `[cas.*]` by name.
+fn ordered_cas(cas: &HashMap<String, Arc<LocalCa>>) -> Vec<(String, Arc<LocalCa>)> {
+    let mut ordered: Vec<_> = cas.iter().map(|(n, ca)| (n.clone(), ca.clone())).collect();
+    ordered.sort_by_key(|(name, _)| (name != DEVICE_CA, name.clone()));
+    ordered
+}
+
+/// The CRL files the config asks for (`crl_file` of `[ca]` and `[cas.*]`).
+fn crl_files(
+    config: &Config,
+    cas: &HashMap<String, Arc<LocalCa>>,
+) -> Vec<crate::authority::revocation::CrlFile> {
+    ordered_cas(cas)
+        .into_iter()
+        .filter_map(|(name, ca)| {
+            let settings = config.ca_named(&name)?;
+            Some(crate::authority::revocation::CrlFile {
+                ca,
+                path: settings.crl_file.clone()?,
+                reload_command: settings.crl_reload_command.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Rewrites every configured `crl_file` and runs its reload command (after
+/// a revocation by the CLI; running servers notice it by themselves too).
 pub async fn refresh_crl_file(
     config: &crate::config::Config,
     registry: &dyn crate::registry::Registry,
 ) -> anyhow::Result<()> {
-    if let Some(path) = &config.ca.crl_file {
-        let ca = open_ca(config).await?;
-        crate::authority::revocation::write_crl_file(registry, &ca, path).await?;
-        println!("rewrote {}", path.display());
+    if config.ca.crl_file.is_none() && config.cas.values().all(|ca| ca.crl_file.is_none()) {
+        return Ok(());
+    }
+    let cas = open_cas(config).await?;
+    for file in crl_files(config, &cas) {
+        crate::authority::revocation::write_crl_file(registry, &file.ca, &file.path).await?;
+        crate::authority::revocation::run_reload_command(&file.reload_command).await;
+        println!("rewrote {}", file.path.display());
     }
     Ok(())
 }

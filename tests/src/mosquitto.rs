@@ -21,6 +21,8 @@ pub const ORCHESTRATOR: &str = "est-server-rotation";
 pub struct Mosquitto {
     /// TLS port on 127.0.0.1.
     pub port: u16,
+    /// Its config file (unique per broker: `pkill -f` finds it by this).
+    pub conf: PathBuf,
     child: Child,
     _dir: tempfile::TempDir,
     log: PathBuf,
@@ -44,6 +46,16 @@ impl Mosquitto {
     /// Like [`Mosquitto::start`]; the client ids in `operators` may, like the
     /// orchestrator, use every device's topics (a fleet simulator).
     pub fn start_with_operators(server: &Server, port: u16, operators: &[&str]) -> Self {
+        Self::start_full(server, port, operators, None)
+    }
+
+    /// Like [`Mosquitto::start`], also refusing the certificates on the CRL
+    /// in `crlfile` (the README's broker config; reloaded on SIGHUP).
+    pub fn start_with_crl(server: &Server, port: u16, crlfile: &Path) -> Self {
+        Self::start_full(server, port, &[], Some(crlfile))
+    }
+
+    fn start_full(server: &Server, port: u16, operators: &[&str], crlfile: Option<&Path>) -> Self {
         let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .map(PathBuf::from)
@@ -95,7 +107,12 @@ impl Mosquitto {
                  keyfile {key}\n\
                  tls_version tlsv1.2\n\
                  require_certificate true\n\
-                 use_identity_as_username true\n",
+                 use_identity_as_username true\n\
+                 {crl}",
+                crl = crlfile.map_or(String::new(), |path| format!(
+                    "crlfile {}\n",
+                    path.display()
+                )),
                 acl = acl.display(),
                 cafile = cafile.display(),
                 cert = server.path("tls/server.pem").display(),
@@ -112,6 +129,7 @@ impl Mosquitto {
             .expect("start mosquitto");
         let broker = Self {
             port,
+            conf,
             child,
             _dir: dir,
             log,
@@ -126,6 +144,11 @@ impl Mosquitto {
             std::thread::sleep(Duration::from_millis(100));
         }
         broker
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The broker's log so far.

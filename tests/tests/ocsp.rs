@@ -114,3 +114,219 @@ fn ocsp_says_good_revoked_and_unknown_signed_by_the_issuing_ca_with_the_nonce() 
     let resp_text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(resp_text.contains("malformedrequest"), "{resp_text}");
 }
+
+/// `openssl ocsp` against a URL: the whole client side (request with or
+/// without a nonce, fetch, verify against `cafile`); stdout + stderr.
+fn ask(url: &str, issuer: &Path, cert: &Path, cafile: &Path, nonce: bool, out: &Path) -> String {
+    let mut command = Command::new("openssl");
+    command
+        .arg("ocsp")
+        .arg("-issuer")
+        .arg(issuer)
+        .arg("-cert")
+        .arg(cert)
+        .args(["-url", url, "-resp_text", "-CAfile"])
+        .arg(cafile)
+        .arg("-respout")
+        .arg(out);
+    if !nonce {
+        command.arg("-no_nonce");
+    }
+    let output = command.output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Issued certificates name the OCSP responder (AIA) and the CRL (CDP) on
+/// the plain-HTTP listener; a delegated responder (its certificate in the
+/// answer, id-kp-OCSPSigning, ocsp-nocheck) signs; answers without a nonce
+/// are reused until the status changes; `certs revoke` shows in OCSP and
+/// in the CRL within one second.
+#[test]
+fn status_urls_delegated_responder_and_revocation_within_a_second() {
+    let port = Mosquitto::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let server = Server::start_with(
+        &config_with(&format!(
+            "[ca]\nocsp_url = \"{base}/ocsp\"\ncrl_url = \"{base}/crl\"\n\
+             [revocation]\nocsp_signer = \"delegated\"\nlisten = \"127.0.0.1:{port}\"\n"
+        )),
+        None,
+    );
+    let work = tempfile::tempdir().unwrap();
+    let p = |name: &str| work.path().join(name);
+    let csr = Csr::new(work.path(), "dev", KeyType::P256, "/CN=status-urls", &[]);
+    enroll_basic(&server, None, &csr, &p("dev.pem"));
+    let uri = String::from_utf8(openssl(&[
+        "x509",
+        "-noout",
+        "-ocsp_uri",
+        "-in",
+        &p("dev.pem").display().to_string(),
+    ]))
+    .unwrap();
+    assert_eq!(uri.trim(), format!("{base}/ocsp"));
+    let text = x509(&p("dev.pem"), &["-text"]);
+    assert!(text.contains("X509v3 CRL Distribution Points"), "{text}");
+    assert!(text.contains(&format!("URI:{base}/crl")), "{text}");
+
+    let issuing = server.path("ca/issuing-ca.pem");
+    let chain = p("chain.pem");
+    std::fs::write(
+        &chain,
+        [server.path("ca/root-ca.pem"), issuing.clone()]
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect::<String>(),
+    )
+    .unwrap();
+    let url = uri.trim();
+    let text = ask(url, &issuing, &p("dev.pem"), &chain, true, &p("n.resp"));
+    assert!(text.contains("Response verify OK"), "{text}");
+    assert!(text.contains("Cert Status: good"), "{text}");
+    assert!(
+        text.contains("OCSP Signing"),
+        "delegated responder certificate: {text}"
+    );
+    assert!(text.contains("OCSP No Check"), "{text}");
+    assert!(text.contains("OCSP responder"), "{text}");
+    // Without a nonce the signed answer is reused (same bytes)…
+    let first = ask(url, &issuing, &p("dev.pem"), &chain, false, &p("a.resp"));
+    assert!(first.contains("Cert Status: good"), "{first}");
+    let again = ask(url, &issuing, &p("dev.pem"), &chain, false, &p("b.resp"));
+    assert!(again.contains("Response verify OK"), "{again}");
+    assert_eq!(
+        std::fs::read(p("a.resp")).unwrap(),
+        std::fs::read(p("b.resp")).unwrap()
+    );
+
+    // …until the operator revokes: within a second OCSP (even the cached,
+    // nonce-less question) and the CRL say so.
+    let serial = serial_of(&p("dev.pem"));
+    server.admin(&["certs", "revoke", &serial]);
+    let revoked_at = std::time::Instant::now();
+    let text = ask(url, &issuing, &p("dev.pem"), &chain, false, &p("c.resp"));
+    let response = curl(&[format!("{base}/crl")]);
+    let elapsed = revoked_at.elapsed();
+    assert!(text.contains("Response verify OK"), "{text}");
+    assert!(text.contains("Cert Status: revoked"), "{text}");
+    assert_eq!(response.status, 200);
+    std::fs::write(p("dev.crl"), &response.body).unwrap();
+    let crl = String::from_utf8_lossy(&openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        &p("dev.crl").display().to_string(),
+        "-CAfile",
+        &chain.display().to_string(),
+        "-noout",
+        "-text",
+    ]))
+    .into_owned();
+    assert!(
+        crl.to_ascii_lowercase()
+            .contains(&serial.to_ascii_lowercase()),
+        "{serial} not in {crl}"
+    );
+    assert!(
+        elapsed < std::time::Duration::from_secs(1),
+        "took {elapsed:?}"
+    );
+    eprintln!("revocation seen by OCSP and the CRL {elapsed:?} after `certs revoke` returned");
+    // The listener serves only status.
+    assert_eq!(
+        curl(&[format!("{base}/.well-known/est/cacerts")]).status,
+        404
+    );
+}
+
+/// A further hierarchy (`[cas.edge]`, the Edge CA label) answers for its
+/// own certificates: OCSP signed by its issuing CA, its CRL at `/crl/edge`.
+#[test]
+fn a_hierarchy_answers_ocsp_and_crl_for_its_own_certificates() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let p = |name: &str| work.path().join(name);
+    let csr = Csr::new(
+        work.path(),
+        "edge",
+        KeyType::P256,
+        "/CN=aziot-edge CA ocsp-edge",
+        &[
+            "basicConstraints=critical,CA:TRUE,pathlen:0",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    enroll_basic(&server, Some("edgeca"), &csr, &p("edge.pem"));
+    let serial = serial_of(&p("edge.pem"));
+    server.admin(&["certs", "revoke", &serial]);
+    let edge_issuing = server.path("edge-ca/issuing-ca.pem").display().to_string();
+    let edge_root = server.path("edge-ca/root-ca.pem").display().to_string();
+    let edge = p("edge.pem").display().to_string();
+    let mut args = vec!["ocsp", "-issuer", &edge_issuing, "-cert", &edge];
+    let req = p("edge.req").display().to_string();
+    args.extend_from_slice(&["-reqout", &req]);
+    openssl(&args);
+    post(&server, &p("edge.req"), &p("edge.resp"));
+    let output = Command::new("openssl")
+        .args(["ocsp", "-reqin", &req, "-respin"])
+        .arg(p("edge.resp"))
+        .args([
+            "-VAfile",
+            &edge_issuing,
+            "-CAfile",
+            &edge_root,
+            "-resp_text",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("Response verify OK"), "{text}");
+    assert!(text.contains("Cert Status: revoked"), "{text}");
+
+    let response = server.curl(&[&server.url("/crl/edge")]);
+    assert_eq!(response.status, 200);
+    std::fs::write(p("edge.crl"), &response.body).unwrap();
+    let output = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-in"])
+        .arg(p("edge.crl"))
+        .args(["-CAfile", &edge_issuing, "-noout", "-text"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("verify OK"), "{text}");
+    assert!(text.contains("EST Issuing CA (edge)"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains(&serial.to_ascii_lowercase()),
+        "{text}"
+    );
+    // The device CA's key did not sign the Edge CRL; no CA called `nope`.
+    let output = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-in"])
+        .arg(p("edge.crl"))
+        .args(["-CAfile"])
+        .arg(server.path("ca/issuing-ca.pem"))
+        .args(["-noout"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("verify failure")
+            || !output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(server.curl(&[&server.url("/crl/nope")]).status, 404);
+}

@@ -54,8 +54,8 @@ pub struct AppState {
     pub getcert: Option<crate::frontend::cvm::Getcert>,
     /// The registry (to note that a successor certificate is in use).
     pub registry: Arc<dyn Registry>,
-    /// The local CA (for its CRL).
-    pub local_ca: Arc<ca_backends::local::LocalCa>,
+    /// CRLs and OCSP answers for the local CAs.
+    pub revocation: Arc<crate::authority::revocation::Revocation>,
     /// Source of request ids for logs and 5xx bodies.
     pub next_request_id: AtomicU64,
     /// Prometheus series.
@@ -240,10 +240,13 @@ async fn handle_in_span(
     let measured = enrollment_metric_labels(state, method.as_str(), &path);
     let response = if let Some(facade) = facade_at(state, &path) {
         json_facade(state, connection, request, request_id, facade).await
-    } else if crate::frontend::ocsp::is_ocsp_path(&path) {
-        crate::frontend::ocsp::handle(state, request).await
-    } else if path == CRL_PATH && request.method() == hyper::Method::GET {
-        match crl(state).await {
+    } else if crate::frontend::status::is_ocsp_path(&path) {
+        crate::frontend::status::handle(state, request).await
+    } else if let (Some(name), &hyper::Method::GET) = (
+        crate::frontend::status::crl_path_ca(&path),
+        request.method(),
+    ) {
+        match crate::frontend::status::crl(state, name).await {
             Ok(response) => response,
             Err(error) => error_response(state, &error, request_id),
         }
@@ -373,20 +376,6 @@ async fn dispatch(
             }
         }
     }
-}
-
-/// Path of the local CA's CRL (DER, `application/pkix-crl`).
-pub const CRL_PATH: &str = "/crl";
-
-/// The local CA's current CRL: revoked and retired certificates.
-async fn crl(state: &AppState) -> Result<Response<Full<Bytes>>, EstError> {
-    let der = crate::authority::revocation::current_crl(&*state.registry, &state.local_ca).await?;
-    let mut response = Response::new(Full::new(Bytes::from(der)));
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/pkix-crl"),
-    );
-    Ok(response)
 }
 
 /// Path of the JSON façade.

@@ -4,12 +4,13 @@
 //! [`http`] serves EST over HTTPS (with [`router`], [`header_case`] for the
 //! byte-exact header names libest needs, [`tls`] and [`listener`]'s limits
 //! against hostile clients), [`cvm`] the vending-machine JSON façades and
-//! [`ocsp`] the OCSP responder on the same port.
+//! [`status`] the OCSP responder and CRLs (on the EST port and, optionally,
+//! a plain-HTTP listener of their own).
 
 pub mod cvm;
 pub mod header_case;
 pub mod http;
 pub mod listener;
-pub mod ocsp;
 pub mod router;
+pub mod status;
 pub mod tls;
