@@ -19,10 +19,10 @@ use x509_cert::Certificate;
 use zeroize::Zeroizing;
 
 use crate::authority::keyed_locks::KeyedLocks;
+use crate::authority::operation::Operation;
 use crate::authority::password::{PasswordChecker, Session};
 use crate::config::{AuthMethod, LabelConfig, Limits, UserConfig};
 use crate::error::EstError;
-use crate::frontend::router::Operation;
 use crate::registry::{CertState, CertificateRecord, DeviceState, Registry};
 
 /// User name and password from an `Authorization: Basic` header.

@@ -21,10 +21,10 @@ use crate::authority::auth::{
 };
 use crate::authority::entitlement::{self, CredentialKind, Identity};
 use crate::authority::lineage::{self, RequestKind};
+use crate::authority::operation::Operation;
 use crate::authority::subject;
 use crate::config::{ChannelBinding, LabelConfig};
 use crate::error::EstError;
-use crate::frontend::router::Operation;
 use crate::metrics::Metrics;
 use crate::registry::{
     unix_now, unix_seconds, CertState, CertificateRecord, DeviceClaim, DeviceState, NewCertificate,

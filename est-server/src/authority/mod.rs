@@ -9,7 +9,8 @@
 //!
 //! [`subject`] rebuilds and checks names, [`lineage`] decides which live
 //! certificate a new one replaces, [`entitlement`] what each kind of
-//! credential may obtain, and [`revocation`] what the CRL says. `crate::authority::enroll` runs them in order on every
+//! credential may obtain, and [`revocation`] what the CRLs and OCSP say;
+//! [`operation`] names the EST operations. `crate::authority::enroll` runs them in order on every
 //! request; none of them knows HTTP.
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod enroll;
 pub mod entitlement;
 pub mod keyed_locks;
 pub mod lineage;
+pub mod operation;
 pub mod password;
 pub mod retirement;
 pub mod revocation;

@@ -5,51 +5,18 @@
 //! segments, `.`/`..` and anything longer are not labels, so nothing can
 //! escape the EST tree.
 
-/// One EST operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    /// `GET cacerts`
-    CaCerts,
-    /// `POST simpleenroll`
-    SimpleEnroll,
-    /// `POST simplereenroll`
-    SimpleReenroll,
-    /// `GET csrattrs`
-    CsrAttrs,
-    /// `POST serverkeygen`
-    ServerKeyGen,
-}
+pub use crate::authority::operation::Operation;
 
-impl Operation {
-    /// The operation's path segment.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::CaCerts => "cacerts",
-            Self::SimpleEnroll => "simpleenroll",
-            Self::SimpleReenroll => "simplereenroll",
-            Self::CsrAttrs => "csrattrs",
-            Self::ServerKeyGen => "serverkeygen",
-        }
-    }
-
-    /// The HTTP method the operation uses.
-    pub fn method(self) -> &'static str {
-        match self {
-            Self::CaCerts | Self::CsrAttrs => "GET",
-            _ => "POST",
-        }
-    }
-
-    fn from_segment(segment: &str) -> Option<Self> {
-        Some(match segment {
-            "cacerts" => Self::CaCerts,
-            "simpleenroll" => Self::SimpleEnroll,
-            "simplereenroll" => Self::SimpleReenroll,
-            "csrattrs" => Self::CsrAttrs,
-            "serverkeygen" => Self::ServerKeyGen,
-            _ => return None,
-        })
-    }
+/// The operation a path segment names.
+fn operation_from_segment(segment: &str) -> Option<Operation> {
+    Some(match segment {
+        "cacerts" => Operation::CaCerts,
+        "simpleenroll" => Operation::SimpleEnroll,
+        "simplereenroll" => Operation::SimpleReenroll,
+        "csrattrs" => Operation::CsrAttrs,
+        "serverkeygen" => Operation::ServerKeyGen,
+        _ => return None,
+    })
 }
 
 /// A routed request.
@@ -84,7 +51,7 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, RouteError> {
             (Some(label), op)
         }
     };
-    let operation = Operation::from_segment(op).ok_or(RouteError::NotFound)?;
+    let operation = operation_from_segment(op).ok_or(RouteError::NotFound)?;
     if method != operation.method() {
         return Err(RouteError::MethodNotAllowed(operation.method()));
     }
