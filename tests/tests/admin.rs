@@ -92,6 +92,44 @@ fn revoke_accepts_the_serial_in_any_spelling() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a hex serial"));
 }
 
+/// `devices list` says on stderr when it stopped at its limit and how to
+/// go on; following that hint lists the rest.
+#[test]
+fn devices_list_says_when_it_stops_and_pages_on() {
+    let server = Server::start();
+    for id in ["page-a", "page-b", "page-c"] {
+        server.admin(&["devices", "add", id]);
+    }
+    let list = |args: &[&str]| {
+        let output = server.admin_command(args).output().unwrap();
+        assert!(output.status.success());
+        (
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+    let (all, notice) = list(&["devices", "list"]);
+    assert!(!notice.contains("showing"), "{notice}");
+    let ids: Vec<&str> = all.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert!(
+        ids.len() >= 3 && ids.ends_with(&["page-a", "page-b", "page-c"]),
+        "{all}"
+    );
+    let limit = (ids.len() - 1).to_string();
+    let (rows, notice) = list(&["devices", "list", "--limit", &limit]);
+    assert_eq!(rows.lines().count(), ids.len() - 1, "{rows}");
+    assert!(
+        notice.contains(&format!("showing {limit}; more with --after page-b")),
+        "{notice}"
+    );
+    let (rows, notice) = list(&["devices", "list", "--limit", &limit, "--after", "page-b"]);
+    assert!(
+        rows.starts_with("page-c") && rows.lines().count() == 1,
+        "{rows}"
+    );
+    assert!(!notice.contains("showing"), "{notice}");
+}
+
 /// `certs list` says on stderr when it stopped at its limit; `--limit N`
 /// and `--all` choose how many.
 #[test]

@@ -128,7 +128,13 @@ pub(crate) async fn devices(target: Target, action: DevicesAction) -> anyhow::Re
         } => import(&*registry, &csv, &tokens_out, &label).await?,
         DevicesAction::Import { .. } => anyhow::bail!("give a CSV file and --tokens-out"),
         DevicesAction::List { limit, after } => {
-            for d in registry.list_devices(after, limit).await? {
+            let mut listed = registry
+                .list_devices(after, limit.saturating_add(1))
+                .await?;
+            let more = listed.len() > limit;
+            listed.truncate(limit);
+            let last = listed.last().map(|d| d.device.id.clone());
+            for d in listed {
                 println!(
                     "{:<24} {:<9} label={:<10} cert={} not_after={}",
                     d.device.id,
@@ -143,6 +149,9 @@ pub(crate) async fn devices(target: Target, action: DevicesAction) -> anyhow::Re
                         .map(format_time)
                         .unwrap_or_else(|| "-".into())
                 );
+            }
+            if let (true, Some(last)) = (more, last) {
+                eprintln!("showing {limit}; more with --after {last} (or --limit N)");
             }
         }
         DevicesAction::Show { id } => {
