@@ -78,7 +78,7 @@ run_one postgres "$PG1" 18622
 # Three servers on the same database and CA; three generators at CONC/3 each.
 for n in 2 3; do
   d=$(datadir "pg$n" est)
-  rm -rf "$d/ca"; cp -r "$PG1/ca" "$d/ca"; cp "$PG1/ca.pem" "$d/ca.pem"
+  rm -rf "$d/ca" "$d/tls"; cp -r "$PG1/ca" "$PG1/tls" "$d/"; cp "$PG1/ca.pem" "$d/ca.pem"
 done
 for n in 1 2 3; do serve "$WORK/pg$n" $((18630 + n)); done
 server_pids=("${pids[@]: -3}")
