@@ -461,6 +461,26 @@ async fn suite(registry: Arc<dyn Registry>, label: &'static str) {
         ["dev-a", "dev-b"]
     );
 
+    // "Everything" is asked as usize::MAX (the audit, `est-server
+    // rotations`, the metrics): every listing takes it.
+    assert_eq!(registry.list_rotations(usize::MAX).await.unwrap(), all);
+    assert_eq!(
+        registry.list_certificates(usize::MAX).await.unwrap().len(),
+        registry.list_certificates(1_000).await.unwrap().len()
+    );
+    assert_eq!(
+        registry.list_devices(None, usize::MAX).await.unwrap().len(),
+        registry.list_devices(None, 1_000).await.unwrap().len()
+    );
+    registry
+        .expiring_before(i64::MAX, usize::MAX)
+        .await
+        .unwrap();
+    registry
+        .retirement_candidates(label, i64::MAX, usize::MAX)
+        .await
+        .unwrap();
+
     lockout_ends_cleanly(&*registry).await;
 }
 
