@@ -513,7 +513,7 @@ fn pg(e: tokio_postgres::Error) -> RegistryError {
             if on_lineage {
                 RegistryError::LineageBusy
             } else {
-                RegistryError::Database(e.to_string())
+                RegistryError::Database(describe(&e))
             }
         }
         Some(code)
@@ -526,9 +526,18 @@ fn pg(e: tokio_postgres::Error) -> RegistryError {
         {
             RegistryError::Unavailable(e.to_string())
         }
-        Some(_) => RegistryError::Database(e.to_string()),
+        Some(_) => RegistryError::Database(describe(&e)),
         // No SQLSTATE: the connection failed or closed.
         None => RegistryError::Unavailable(e.to_string()),
+    }
+}
+
+/// A database error with the server's own reason: tokio-postgres displays
+/// every server-side error as just "db error".
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }
 
