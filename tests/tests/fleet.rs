@@ -616,6 +616,154 @@ fn one_server_leads_the_rotation_audit() {
     );
 }
 
+/// The rotation record of `client_id`, from `est-server rotations --json`.
+fn rotation_of(server: &Server, client_id: &str) -> Option<serde_json::Value> {
+    let listing: serde_json::Value =
+        serde_json::from_str(&server.admin(&["rotations", "--json"])).unwrap();
+    listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["clientId"] == client_id)
+        .cloned()
+}
+
+fn rotation_state(server: &Server, client_id: &str) -> String {
+    rotation_of(server, client_id)
+        .and_then(|r| r["state"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// A rotation the leader started (its `csr_req` published and recorded)
+/// survives the leader being killed with SIGKILL before the device answered:
+/// the other server takes the lead, asks again, issues, and retires the
+/// predecessor on the device's `crt_ack`.
+///
+/// The device is offline when the leader publishes (a device that never
+/// connected has no session, so the request is lost, as for a device that
+/// was powered off); it comes up after the leader is gone, so only the
+/// server that took over can finish the rotation.
+#[test]
+fn a_rotation_survives_its_leader_killed_mid_way() {
+    let started = Instant::now();
+    let pg = Postgres::start();
+    let url = pg.create_database("takeover");
+    let broker_port = Mosquitto::free_port();
+    // Device certificates live 30 days: a 60-day window asks at once.
+    let rotation = |id: &str| {
+        format!(
+            "[rotation]\nenabled = true\nbroker = \"127.0.0.1:{broker_port}\"\nclient_id = \"{id}\"\n\
+             expiring_within = \"60d\"\naudit_interval = \"1s\"\nretry_after = \"2s\"\n"
+        )
+    };
+    let first = fleet_server_with(&url, None, &rotation("orch-a"));
+    let ca_dir = first.path("ca");
+    let second = fleet_server_with(&url, Some(&ca_dir), &rotation("orch-b"));
+    let broker = Mosquitto::start_with_operators(&first, broker_port, &["orch-a", "orch-b"]);
+    let leads = |server: &Server| server.log().contains("this server leads the audit");
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            (leads(&first) || leads(&second))
+                && broker.saw_client("orch-a")
+                && broker.saw_client("orch-b")
+        }),
+        "no leader, or not both connected:\n{}\n{}\n{}",
+        first.log(),
+        second.log(),
+        broker.log()
+    );
+    let (leader, follower) = if leads(&first) {
+        (first, second)
+    } else {
+        (second, first)
+    };
+
+    // The device enrolls (through the follower); the leader's next audit
+    // asks it for a CSR while it is offline.
+    let dir = tempfile::tempdir().unwrap();
+    enroll(&follower, dir.path(), Some("iot"), "rot-fleet");
+    let old = serial(dir.path())
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
+    assert!(
+        wait_for(Duration::from_secs(20), || rotation_state(
+            &follower,
+            "rot-fleet"
+        ) == "requested"),
+        "the leader never asked: {:?}\n{}",
+        rotation_of(&follower, "rot-fleet"),
+        leader.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || leader
+            .log()
+            .contains("rotation audit done")),
+        "{}",
+        leader.log()
+    );
+    assert!(
+        !follower.log().contains("rotation audit done"),
+        "only the leader audits:\n{}",
+        follower.log()
+    );
+    let killed = Instant::now();
+    let pid = leader.pid();
+    // Kept: its data directory may hold the CA directory the other uses.
+    let _stopped = leader.stop();
+    eprintln!("killed the leader (pid {pid}) with the rotation requested");
+    assert_eq!(rotation_state(&follower, "rot-fleet"), "requested");
+
+    // The device comes up, talking EST to the surviving server.
+    let config = renew_config(
+        &follower,
+        dir.path(),
+        "iot",
+        &format!(
+            "[auto_renew]\nrotate_key = true\n[mqtt]\nbroker = \"127.0.0.1:{}\"\nbroker_ca = \"{}\"\n",
+            broker.port,
+            follower.ca_pem().display()
+        ),
+    );
+    let mut agent = std::process::Command::new(client_binary())
+        .args(["run", "--config", &config.display().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(config.with_extension("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let finished = wait_for(Duration::from_secs(90), || {
+        rotation_state(&follower, "rot-fleet") == "acknowledged"
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(
+        finished,
+        "rotation not finished: {:?}\nserver: {}\ndevice: {}",
+        rotation_of(&follower, "rot-fleet"),
+        follower.log(),
+        std::fs::read_to_string(config.with_extension("log")).unwrap_or_default()
+    );
+    eprintln!(
+        "rotation finished {:?} after the leader was killed ({:?} in all)",
+        killed.elapsed(),
+        started.elapsed()
+    );
+    assert!(leads(&follower), "{}", follower.log());
+    let record = rotation_of(&follower, "rot-fleet").unwrap();
+    assert!(
+        record["attempts"].as_u64().unwrap() >= 2,
+        "asked again by the new leader: {record}"
+    );
+    let new = serial(dir.path())
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
+    assert_ne!(new, old, "the device holds a new certificate");
+    assert!(status_ok(dir.path()));
+    assert_eq!(record["newSerial"], new.as_str());
+    assert_eq!(state_of(&follower, &new), "active");
+    assert_eq!(state_of(&follower, &old), "superseded+retired");
+    assert!(!follower.log().contains("panicked"), "{}", follower.log());
+}
+
 /// One request through the fleet, timed.
 struct Outcome {
     status: u16,
