@@ -672,6 +672,18 @@ fn a_rotation_survives_its_leader_killed_mid_way() {
         second.log(),
         broker.log()
     );
+    // Each server connects as its own client id, with a certificate that
+    // names it (the broker's user name), though they share a CA directory.
+    for id in ["orch-a", "orch-b"] {
+        assert!(
+            broker
+                .log()
+                .lines()
+                .any(|l| l.contains(&format!(" as {id} ")) && l.contains(&format!("u'{id}'"))),
+            "{id} did not connect as itself:\n{}",
+            broker.log()
+        );
+    }
     let (leader, follower) = if leads(&first) {
         (first, second)
     } else {
