@@ -319,9 +319,9 @@ async fn scenario(kind: Kind, label: Option<&'static str>, hsm: Option<SoftHsm>)
     let enroll = Arc::new(est_path(label, "simpleenroll"));
 
     // 1,000 concurrent replays of one token, spread over the three servers:
-    // exactly one certificate. (On moto, which serves DynamoDB requests one
-    // at a time, the 1,000 take about as long as on PostgreSQL; see the
-    // durations printed.)
+    // exactly one certificate. (All 1,000 on every registry: on moto, which
+    // serves DynamoDB requests one at a time, they take 11–20 s against
+    // 9–12 s on PostgreSQL.)
     let token = shared.add_device(&servers[0], "SN-FLEET", label);
     let csr = Csr::new(work.path(), "fleet", KeyType::P256, "/CN=SN-FLEET", &[]);
     let csr_b64 = Arc::new(std::fs::read(&csr.b64).unwrap());
@@ -504,11 +504,17 @@ async fn scenario(kind: Kind, label: Option<&'static str>, hsm: Option<SoftHsm>)
         assert!(!server.log().contains("panicked"), "{}", server.log());
     }
     eprintln!("{kind:?} {label:?}: scenario took {:?}", started.elapsed());
-    assert!(
-        started.elapsed() < Duration::from_secs(150),
-        "took {:?}",
-        started.elapsed()
-    );
+    // Measured on a 2-core VM: PostgreSQL 14–27 s; DynamoDB on moto 74 s
+    // alone and 125 s beside the other fleet tests. moto serves DynamoDB one
+    // request at a time (tests/moto/est_moto.py), so the load phase (240
+    // enrollments, each several conditional writes, some waiting out the
+    // killed server's 30 s client timeout) dominates there: about 70 s, with
+    // 160–240 of the 240 delivered. The bounds catch a hang, not a slowdown.
+    let bound = match kind {
+        Kind::Postgres => Duration::from_secs(90),
+        Kind::DynamoDb => Duration::from_secs(240),
+    };
+    assert!(started.elapsed() < bound, "took {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
