@@ -610,7 +610,9 @@ fn one_server_leads_the_rotation_audit() {
         (second, first)
     };
     let killed = Instant::now();
-    drop(leader.stop());
+    // Kept: its data directory may hold the CA directory the other uses
+    // (its MQTT certificate, the audit's trust anchors).
+    let _stopped = leader.stop();
     assert!(
         wait_for(Duration::from_secs(50), || leads(&follower)),
         "no takeover:\n{}",
