@@ -19,6 +19,7 @@ pub struct Postgres {
     bin: PathBuf,
     data: PathBuf,
     user: Option<String>,
+    options: String,
     _dir: tempfile::TempDir,
 }
 
@@ -160,11 +161,12 @@ impl Postgres {
             assert!(owned.success());
         }
         let port = Mosquitto::free_port();
-        let pg = Self {
+        let mut pg = Self {
             port,
             bin,
             data,
             user,
+            options: String::new(),
             _dir: dir,
         };
         pg.run(
@@ -202,22 +204,44 @@ impl Postgres {
             }
             options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
         }
-        pg.run(
+        pg.options = options;
+        pg.start_again();
+        pg
+    }
+
+    /// Stops the cluster (`pg_ctl stop -m fast`: clients are disconnected,
+    /// open transactions rolled back), keeping its data directory and port.
+    pub fn stop(&self) {
+        self.run(
             "pg_ctl",
             &[
                 "-D",
-                pg.data.to_str().unwrap(),
+                self.data.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    /// Starts the cluster (again) on the same port and data directory.
+    pub fn start_again(&self) {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
                 "-o",
-                &options,
+                &self.options,
                 "-l",
-                pg.data.join("server.log").to_str().unwrap(),
+                self.data.join("server.log").to_str().unwrap(),
                 "-w",
                 "-t",
                 "60",
                 "start",
             ],
         );
-        pg
     }
 
     fn command(&self, tool: &str) -> Command {

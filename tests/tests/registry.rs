@@ -461,6 +461,54 @@ async fn suite(registry: Arc<dyn Registry>, label: &'static str) {
         ["dev-a", "dev-b"]
     );
 
+    // "Everything" is asked as usize::MAX (the audit, `est-server
+    // rotations`, the metrics): every listing takes it.
+    assert_eq!(registry.list_rotations(usize::MAX).await.unwrap(), all);
+    assert_eq!(
+        registry.list_certificates(usize::MAX).await.unwrap().len(),
+        registry.list_certificates(1_000).await.unwrap().len()
+    );
+    assert_eq!(
+        registry.list_devices(None, usize::MAX).await.unwrap().len(),
+        registry.list_devices(None, 1_000).await.unwrap().len()
+    );
+    registry
+        .expiring_before(i64::MAX, usize::MAX)
+        .await
+        .unwrap();
+    registry
+        .retirement_candidates(label, i64::MAX, usize::MAX)
+        .await
+        .unwrap();
+
+    // What the local CA's CRL lists: its own (no backend id) revoked and
+    // retired certificates, with when; never another backend's.
+    let local = |serial: &str| NewCertificate {
+        backend_ref: None,
+        ..cert(label, serial, None)
+    };
+    registry
+        .record_issued(local("v1"), None, None, None)
+        .await
+        .unwrap();
+    registry
+        .record_issued(local("v2"), None, None, None)
+        .await
+        .unwrap();
+    registry
+        .record_issued(local("v3"), None, None, None)
+        .await
+        .unwrap();
+    registry.revoke("v1").await.unwrap();
+    registry.mark_retired("v2").await.unwrap();
+    let revoked = registry.local_revocations().await.unwrap();
+    let listed = |serial: &str| revoked.iter().find(|(s, _)| s == serial).map(|(_, at)| *at);
+    assert!(listed("v1").is_some_and(|at| at > 0), "{revoked:?}");
+    assert!(listed("v2").is_some_and(|at| at > 0), "{revoked:?}");
+    assert!(listed("v3").is_none(), "active: {revoked:?}");
+    assert!(listed("01").is_none(), "retired, but AWS's: {revoked:?}");
+    assert!(listed("02").is_none(), "revoked, but AWS's: {revoked:?}");
+
     lockout_ends_cleanly(&*registry).await;
 }
 

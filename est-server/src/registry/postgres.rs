@@ -513,7 +513,7 @@ fn pg(e: tokio_postgres::Error) -> RegistryError {
             if on_lineage {
                 RegistryError::LineageBusy
             } else {
-                RegistryError::Database(e.to_string())
+                RegistryError::Database(describe(&e))
             }
         }
         Some(code)
@@ -526,10 +526,26 @@ fn pg(e: tokio_postgres::Error) -> RegistryError {
         {
             RegistryError::Unavailable(e.to_string())
         }
-        Some(_) => RegistryError::Database(e.to_string()),
+        Some(_) => RegistryError::Database(describe(&e)),
         // No SQLSTATE: the connection failed or closed.
         None => RegistryError::Unavailable(e.to_string()),
     }
+}
+
+/// A database error with the server's own reason: tokio-postgres displays
+/// every server-side error as just "db error".
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// A `LIMIT` parameter: callers ask for everything with `usize::MAX`, which
+/// `as i64` turns into -1, and PostgreSQL refuses a negative LIMIT (SQLite
+/// reads it as "no limit").
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 /// A row that does not read as this version expects.
@@ -637,7 +653,7 @@ impl Registry for PostgresRegistry {
         &self,
         limit: usize,
     ) -> Result<Vec<CertificateRecord>, RegistryError> {
-        self.records(NEWEST_FIRST, &[&(limit as i64)]).await
+        self.records(NEWEST_FIRST, &[&sql_limit(limit)]).await
     }
 
     async fn expiring_before(
@@ -645,7 +661,7 @@ impl Registry for PostgresRegistry {
         before: i64,
         limit: usize,
     ) -> Result<Vec<CertificateRecord>, RegistryError> {
-        self.records(EXPIRING_BEFORE, &[&before, &(limit as i64)])
+        self.records(EXPIRING_BEFORE, &[&before, &sql_limit(limit)])
             .await
     }
 
@@ -679,7 +695,7 @@ impl Registry for PostgresRegistry {
     ) -> Result<Vec<CertificateRecord>, RegistryError> {
         self.records(
             RETIREMENT_CANDIDATES,
-            &[&label, &superseded_before, &(limit as i64)],
+            &[&label, &superseded_before, &sql_limit(limit)],
         )
         .await
     }
@@ -774,7 +790,7 @@ impl Registry for PostgresRegistry {
     ) -> Result<Vec<Device>, RegistryError> {
         self.devices(
             "WHERE id > ?1 ORDER BY id LIMIT ?2",
-            &[&after.unwrap_or_default(), &(limit as i64)],
+            &[&after.unwrap_or_default(), &sql_limit(limit)],
         )
         .await
     }
@@ -878,7 +894,7 @@ impl Registry for PostgresRegistry {
     }
 
     async fn list_rotations(&self, limit: usize) -> Result<Vec<Rotation>, RegistryError> {
-        self.rotations("ORDER BY client_id LIMIT ?1", &[&(limit as i64)])
+        self.rotations("ORDER BY client_id LIMIT ?1", &[&sql_limit(limit)])
             .await
     }
 

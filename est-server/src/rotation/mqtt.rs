@@ -39,11 +39,8 @@ pub async fn client_pair(
             key: key.clone(),
         });
     }
-    let pair = ClientPair {
-        cert: ca_dir.join("rotation-client.pem"),
-        key: ca_dir.join("rotation-client.key"),
-    };
-    if usable(&pair, REISSUE_BEFORE) {
+    let pair = issued_pair(ca_dir, &config.client_id);
+    if usable(&pair, &config.client_id, REISSUE_BEFORE) {
         return Ok(pair);
     }
     let key = SigningKey::generate(KeyAlgorithm::EcP256).context("orchestrator key")?;
@@ -78,6 +75,46 @@ pub async fn client_pair(
     Ok(pair)
 }
 
+/// The files of the pair the local CA issues for `client_id`:
+/// `rotation-client-<client id>.pem` (and `.key`), so that servers sharing
+/// one CA directory each connect as their own client id (a broker that takes
+/// the certificate's CN as the user name tells them apart, and each gets its
+/// own ACL entry). `rotation-client.pem`, which earlier versions wrote for
+/// whichever server started first, is still used when it names `client_id`.
+fn issued_pair(ca_dir: &std::path::Path, client_id: &str) -> ClientPair {
+    let earlier = ClientPair {
+        cert: ca_dir.join("rotation-client.pem"),
+        key: ca_dir.join("rotation-client.key"),
+    };
+    if common_name(&earlier.cert).as_deref() == Some(client_id) {
+        return earlier;
+    }
+    let name: String = client_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    ClientPair {
+        cert: ca_dir.join(format!("rotation-client-{name}.pem")),
+        key: ca_dir.join(format!("rotation-client-{name}.key")),
+    }
+}
+
+/// The subject CN of the first certificate in a PEM file.
+fn common_name(cert: &std::path::Path) -> Option<String> {
+    let pem = std::fs::read(cert).ok()?;
+    let certificate = est_wire::pem::certificates_from_pem(&pem)
+        .ok()?
+        .into_iter()
+        .next()?;
+    est_wire::csr::common_name(&certificate.tbs_certificate.subject)
+}
+
 /// SHA-256 of the pair's certificate file (changes when it is reissued).
 pub fn fingerprint(pair: &ClientPair) -> Option<String> {
     std::fs::read(&pair.cert)
@@ -85,8 +122,12 @@ pub fn fingerprint(pair: &ClientPair) -> Option<String> {
         .map(|pem| est_wire::sha256_hex(&pem))
 }
 
-/// The issued pair exists, belongs together and is valid for `margin` more.
-fn usable(pair: &ClientPair, margin: Duration) -> bool {
+/// The issued pair exists, belongs together, names `client_id` and is
+/// valid for `margin` more.
+fn usable(pair: &ClientPair, client_id: &str, margin: Duration) -> bool {
+    if common_name(&pair.cert).as_deref() != Some(client_id) {
+        return false;
+    }
     let certificate = std::fs::read(&pair.cert)
         .ok()
         .and_then(|pem| est_wire::pem::certificates_from_pem(&pem).ok())
