@@ -16,6 +16,7 @@ BIN=${BIN:-target/release}
 CONC=${CONC:-32}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 PREFILL=${PREFILL:-0}
+PREFILL_BIN=${PREFILL_BIN:-$BIN/prefill}
 WORK=$(mktemp -d /tmp/est-registry-bench.XXXXXX)
 PGBIN=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort | tail -1)")
 PGPORT=${PGPORT:-55439}
@@ -99,7 +100,7 @@ for pid in "${server_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 
 if [ "$PREFILL" -gt 0 ]; then
   start=$(date +%s)
-  "$BIN/prefill" --postgres "$PGURL/full" --count "$PREFILL"
+  "$PREFILL_BIN" --postgres "$PGURL/full" --count "$PREFILL"
   echo "prefill of $PREFILL certificates: $(( $(date +%s) - start )) s"
   run_one "postgres-$PREFILL" "$(datadir full full)" 18640
 fi
