@@ -35,15 +35,10 @@ pub async fn open_named_ca(config: &Config, name: &str) -> anyhow::Result<Arc<Lo
         ca_backends::signer::SignerConfig::File => {
             LocalCa::open_or_create(&settings.dir, &options).await
         }
-        signer => {
-            let config = signer.clone();
-            let dir = settings.dir.clone();
-            tokio::task::spawn_blocking(move || {
-                let signer = ca_backends::signer::open(&config, &dir)?;
-                LocalCa::open_with_signer(&dir, signer)
-            })
-            .await?
-        }
+        signer => match ca_backends::signer::open(signer, &settings.dir).await {
+            Ok(signer) => LocalCa::open_with_signer(&settings.dir, signer),
+            Err(e) => Err(e),
+        },
     }
     .with_context(|| format!("{field}: local CA in {}", settings.dir.display()))?;
     tracing::info!(ca = %name, key = %ca.key_location(), "opened local CA");
