@@ -118,6 +118,7 @@ impl AwsKmsConfig {
     }
 
     /// The region: configured, else taken from a key ARN, else none (the SDK's chain).
+    #[cfg(any(feature = "aws", test))]
     fn region(&self) -> Option<String> {
         if let Some(region) = &self.region {
             return Some(region.clone());
