@@ -2,15 +2,16 @@
 //! KMS shows: it answers the next N `TrentService.Sign` requests (the
 //! `X-Amz-Target` header of the KMS JSON protocol) with
 //! `400 ThrottlingException` as KMS does when a request quota is exceeded,
-//! records when each Sign request arrived, and can stop listening (KMS
+//! records when each Sign request arrived, can hold each Sign for a while
+//! (a distant region) and count how many were in flight at once, and can stop listening (KMS
 //! unreachable: connections are refused) and listen again on the same port.
 //! Everything else is forwarded to moto unchanged, one request per
 //! connection (`Connection: close` both ways).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,6 +20,9 @@ struct State {
     upstream: SocketAddr,
     throttle: AtomicUsize,
     signs: Mutex<Vec<Instant>>,
+    delay_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
 }
 
 /// The proxy; stopped on drop.
@@ -49,6 +53,9 @@ impl KmsProxy {
             upstream,
             throttle: AtomicUsize::new(0),
             signs: Mutex::new(Vec::new()),
+            delay_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
         });
         let accept = runtime.spawn(accept_loop(listener, state.clone()));
         Self {
@@ -63,6 +70,18 @@ impl KmsProxy {
     /// Answers the next `n` Sign requests with ThrottlingException.
     pub fn throttle_next_signs(&self, n: usize) {
         self.state.throttle.store(n, Ordering::SeqCst);
+    }
+
+    /// Holds every forwarded Sign request for `delay` before passing it on.
+    pub fn delay_signs(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The most Sign requests in flight at once since the last call (and resets it).
+    pub fn take_most_signs_in_flight(&self) -> usize {
+        self.state.most_in_flight.swap(0, Ordering::SeqCst)
     }
 
     /// When each Sign request seen since the last call arrived (and forgets them).
@@ -183,11 +202,27 @@ async fn serve(mut client: TcpStream, state: Arc<State>) {
             return;
         }
     }
+    let sign = header(&head, "x-amz-target") == Some("TrentService.Sign");
+    if sign {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        let delay = state.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+    }
+    forward(&mut client, &state, &head, &body).await;
+    if sign {
+        state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn forward(client: &mut TcpStream, state: &State, head: &str, body: &[u8]) {
     let Ok(mut upstream) = TcpStream::connect(state.upstream).await else {
         return;
     };
-    if upstream.write_all(closing(&head).as_bytes()).await.is_err()
-        || upstream.write_all(&body).await.is_err()
+    if upstream.write_all(closing(head).as_bytes()).await.is_err()
+        || upstream.write_all(body).await.is_err()
     {
         return;
     }

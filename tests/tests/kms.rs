@@ -574,3 +574,58 @@ fn kms_throttling_is_retried_with_back_off_and_an_unreachable_kms_burns_no_token
     let show = server.admin_env(&["devices", "show", "SN-KMS-AWAY"], &env());
     assert!(show.contains("state:        enrolled"), "{show}");
 }
+
+#[test]
+fn kms_signatures_of_concurrent_enrollments_are_in_flight_together() {
+    let moto = Moto::start();
+    let proxy = KmsProxy::start(&moto.endpoint);
+    let issuing = create_key(&moto, "ECC_NIST_P256", "SIGN_VERIFY");
+    let root = create_key(&moto, "ECC_NIST_P256", "SIGN_VERIFY");
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        &kms_config(&signer_toml(&proxy.endpoint, Some(&issuing), "")),
+    );
+    ok(est_server(
+        dir.path(),
+        &["ca", "init", "--signer", "aws-kms", "--root-key-id", &root],
+    ));
+    let ca_dir = dir.path().join("ca");
+    let server = Server::start_in(dir, &env());
+    let work = tempfile::tempdir().unwrap();
+    const DEVICES: usize = 4;
+    let csrs: Vec<Csr> = (0..DEVICES)
+        .map(|i| {
+            Csr::new(
+                work.path(),
+                &format!("c{i}"),
+                KeyType::P256,
+                &format!("/CN=kms-concurrent-{i}"),
+                &[],
+            )
+        })
+        .collect();
+    // Every Sign takes 400 ms more (a distant region): one signer at a
+    // time would need 4 × 400 ms for four enrollments.
+    let delay = Duration::from_millis(400);
+    proxy.delay_signs(delay);
+    proxy.take_most_signs_in_flight();
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for (i, csr) in csrs.iter().enumerate() {
+            let (server, work) = (&server, work.path());
+            scope.spawn(move || {
+                let cert = work.join(format!("c{i}.pem"));
+                enroll_basic(server, None, csr, &cert);
+            });
+        }
+    });
+    let took = started.elapsed();
+    let most = proxy.take_most_signs_in_flight();
+    eprintln!("{DEVICES} enrollments with a {delay:?} Sign: {took:?}, {most} Sign calls in flight at once");
+    assert_eq!(most, DEVICES, "all Sign calls were in flight together");
+    assert!(took < delay * DEVICES as u32, "{took:?}");
+    for i in 0..DEVICES {
+        verify(&ca_dir, &work.path().join(format!("c{i}.pem")));
+    }
+}
