@@ -28,7 +28,7 @@ fi
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1 && ! id estpg >/dev/null 2>&1; then
   useradd --system --no-create-home estpg
 fi
-# The AWS emulator for the AWS IoT backend tests (PyPI moto[server], with boto3).
+# The AWS emulator for the AWS IoT, DynamoDB and KMS tests (PyPI moto[server], with boto3).
 if ! python3 -c "import moto, boto3, cryptography" 2>/dev/null; then
   echo "installing: moto[server]"
   python3 -m pip install -q "moto[server]>=5.2,<5.3"

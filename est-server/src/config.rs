@@ -252,7 +252,7 @@ pub struct CaConfig {
     /// hierarchy trusted for client authentication never issues subordinate CAs.
     #[serde(default)]
     pub client_auth: Option<bool>,
-    /// Where the issuing CA's key is: `file` (default, in `dir`) or `pkcs11`.
+    /// Where the issuing CA's key is: `file` (default, in `dir`), `pkcs11` or `aws-kms`.
     #[serde(default)]
     pub signer: ca_backends::signer::SignerConfig,
     /// A PEM copy of this CA's CRL kept current (Mosquitto's `crlfile`):

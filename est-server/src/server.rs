@@ -23,8 +23,8 @@ pub async fn open_ca(config: &Config) -> anyhow::Result<Arc<LocalCa>> {
 /// Opens the CA `name` (`device` is `[ca]`, others are `[cas.<name>]`),
 /// creating it on first start. A new issuing CA gets pathLenConstraint 1
 /// when a profile issues subordinate CAs from it, 0 otherwise. A CA whose
-/// key is in a token is never created here (`est-server ca init` does);
-/// opening it checks that the token's key is the certificate's.
+/// key is in a token or KMS is never created here (`est-server ca init` does);
+/// opening it checks that the signer's key is the certificate's.
 pub async fn open_named_ca(config: &Config, name: &str) -> anyhow::Result<Arc<LocalCa>> {
     let field = ca_field(name);
     let settings = config
@@ -35,15 +35,10 @@ pub async fn open_named_ca(config: &Config, name: &str) -> anyhow::Result<Arc<Lo
         ca_backends::signer::SignerConfig::File => {
             LocalCa::open_or_create(&settings.dir, &options).await
         }
-        signer => {
-            let config = signer.clone();
-            let dir = settings.dir.clone();
-            tokio::task::spawn_blocking(move || {
-                let signer = ca_backends::signer::open(&config, &dir)?;
-                LocalCa::open_with_signer(&dir, signer)
-            })
-            .await?
-        }
+        signer => match ca_backends::signer::open(signer, &settings.dir).await {
+            Ok(signer) => LocalCa::open_with_signer(&settings.dir, signer),
+            Err(e) => Err(e),
+        },
     }
     .with_context(|| format!("{field}: local CA in {}", settings.dir.display()))?
     .with_status_urls(ca_backends::local::StatusUrls {

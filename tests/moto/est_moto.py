@@ -3,13 +3,13 @@
 
     python3 tests/moto/est_moto.py --port 5055 --ca-dir DIR
 
-Serves every moto service (we use `iot` and `dynamodb`) on 127.0.0.1:PORT,
+Serves every moto service (we use `iot`, `dynamodb` and `kms`) on 127.0.0.1:PORT,
 prints `moto listening on 127.0.0.1:PORT` once it accepts connections and runs
 until SIGTERM/SIGINT. On first start a test CA (EC P-256, CN "moto IoT test
 CA", 10 years) is written to DIR/ca.key (0600) and DIR/ca.pem; later starts
 reuse it.
 
-moto 5.2 differs from real AWS IoT in ways that matter to us, so three patches
+moto 5.2 differs from real AWS in ways that matter to us, so these patches
 are applied in-process before serving:
 
 1. CreateCertificateFromCsr: moto discards the CSR's public key and returns a
@@ -39,22 +39,41 @@ One gap is in DynamoDB:
    DynamoDB serialises writes to an item, and a transaction either wins
    whole or is cancelled). The launcher serves DynamoDB requests one at a
    time; the other services stay concurrent.
+
+And in KMS (the CA key in KMS):
+
+5. Sign and Verify with MessageType=DIGEST: moto ignores MessageType and
+   hashes the message again (ECDSA_SHA_256 signs SHA-256(digest)), so a
+   signature over a digest made by the caller never verifies against the
+   data. Patched so that DIGEST signs / verifies the given digest as it is
+   (cryptography's Prehashed), with AWS's length check (32, 48 or 64 bytes
+   for the _SHA_256/_384/_512 algorithms; otherwise ValidationException).
+   GetPublicKey also returns the bare key id where AWS returns the key ARN,
+   and no KeySpec (only the deprecated CustomerMasterKeySpec); patched to
+   return both as AWS does. P-384 and RSA 2048/3072/4096 keys need nothing
+   more (their SubjectPublicKeyInfo and PKCS#1 v1.5 signatures are right).
 """
 import argparse
 import datetime as dt
 import os
 import signal
+import json
 import sys
 import threading
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from moto.core.responses import ActionResult
 from moto.iot import models as iot_models
 from moto.iot import responses as iot_responses
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from moto.iot.exceptions import InvalidRequestException
+from moto.kms import responses as kms_responses
+from moto.kms import utils as kms_utils
+from moto.kms.exceptions import ValidationException as KmsValidationException
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
 
@@ -190,6 +209,89 @@ def apply_patches(ca_key, ca_cert):
     cert_cls.__init__ = cert_init
 
 
+DIGEST_LENGTHS = {"SHA_256": 32, "SHA_384": 48, "SHA_512": 64}
+
+
+def apply_kms_patches():
+    """Patch 5: MessageType=DIGEST signs the digest itself; GetPublicKey as on AWS."""
+    digest_mode = threading.local()  # set while one DIGEST request is served
+
+    def with_digest(operation):
+        def handler(self):
+            if self._get_param("MessageType") != "DIGEST":
+                return operation(self)
+            algorithm = self._get_param("SigningAlgorithm") or ""
+            expected = DIGEST_LENGTHS.get(algorithm[-7:])
+            if expected is not None and len(self._get_param("Message") or b"") != expected:
+                raise KmsValidationException(
+                    f"Digest is invalid length for algorithm {algorithm}."
+                )
+            digest_mode.on = True
+            try:
+                return operation(self)
+            finally:
+                digest_mode.on = False
+
+        return handler
+
+    response_cls = kms_responses.KmsResponse
+    response_cls.sign = with_digest(response_cls.sign)
+    response_cls.verify = with_digest(response_cls.verify)
+
+    def prehashed(hash_algorithm):
+        return Prehashed(hash_algorithm) if getattr(digest_mode, "on", False) else hash_algorithm
+
+    ec_cls, rsa_cls = kms_utils.ECDSAPrivateKey, kms_utils.RSAPrivateKey
+
+    def ec_sign(self, message, signing_algorithm):
+        kms_utils.validate_signing_algorithm(signing_algorithm, self.valid_signing_algorithms)
+        hash_algorithm = prehashed(self._ECDSAPrivateKey__hash_algorithm(signing_algorithm))
+        return self.private_key.sign(message, ec.ECDSA(hash_algorithm))
+
+    def ec_verify(self, message, signature, signing_algorithm):
+        kms_utils.validate_signing_algorithm(signing_algorithm, self.valid_signing_algorithms)
+        hash_algorithm = prehashed(self._ECDSAPrivateKey__hash_algorithm(signing_algorithm))
+        try:
+            self.private_key.public_key().verify(signature, message, ec.ECDSA(hash_algorithm))
+            return True
+        except InvalidSignature:
+            return False
+
+    def rsa_sign(self, message, signing_algorithm):
+        kms_utils.validate_signing_algorithm(
+            signing_algorithm, kms_utils.SigningAlgorithm.rsa_signing_algorithms()
+        )
+        pad, hash_algorithm = self._RSAPrivateKey__padding_and_hash_algorithm(signing_algorithm)
+        return self.private_key.sign(message, pad, prehashed(hash_algorithm))
+
+    def rsa_verify(self, message, signature, signing_algorithm):
+        kms_utils.validate_signing_algorithm(
+            signing_algorithm, kms_utils.SigningAlgorithm.rsa_signing_algorithms()
+        )
+        pad, hash_algorithm = self._RSAPrivateKey__padding_and_hash_algorithm(signing_algorithm)
+        try:
+            self.private_key.public_key().verify(
+                signature, message, pad, prehashed(hash_algorithm)
+            )
+            return True
+        except InvalidSignature:
+            return False
+
+    ec_cls.sign, ec_cls.verify = ec_sign, ec_verify
+    rsa_cls.sign, rsa_cls.verify = rsa_sign, rsa_verify
+
+    original_get_public_key = response_cls.get_public_key
+
+    def get_public_key(self):
+        result = json.loads(original_get_public_key(self))
+        key = self.kms_backend.describe_key(self._get_param("KeyId"))
+        result["KeyId"] = key.arn
+        result["KeySpec"] = key.key_spec
+        return json.dumps(result)
+
+    response_cls.get_public_key = get_public_key
+
+
 def serialise_dynamodb(app):
     """Patch 4: one DynamoDB request at a time (the JSON protocol names its
     operation in X-Amz-Target: DynamoDB_20120810.<Operation>)."""
@@ -212,6 +314,7 @@ def main():
     args = parser.parse_args()
 
     apply_patches(*load_or_create_ca(args.ca_dir))
+    apply_kms_patches()
     app = serialise_dynamodb(DomainDispatcherApplication(create_backend_app))
     server = make_server("127.0.0.1", args.port, app, threaded=True)  # bound + listening
 

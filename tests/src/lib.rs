@@ -6,6 +6,7 @@
 //! test command builds it before the tests run.
 
 pub mod device;
+pub mod kms_proxy;
 pub mod mosquitto;
 pub mod net;
 pub mod postgres;
@@ -13,6 +14,7 @@ pub mod raw;
 pub mod softhsm;
 
 pub use device::*;
+pub use kms_proxy::KmsProxy;
 pub use mosquitto::Mosquitto;
 pub use postgres::Postgres;
 pub use raw::RawClient;
@@ -791,10 +793,10 @@ impl Moto {
         ]
     }
 
-    /// Runs a boto3 snippet (with `iot` and `ddb` clients bound) and returns its stdout.
+    /// Runs a boto3 snippet (with `iot`, `ddb` and `kms` clients bound) and returns its stdout.
     pub fn boto(&self, script: &str) -> String {
         let program = format!(
-            "import boto3, json\niot = boto3.client('iot', endpoint_url='{e}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\nddb = boto3.client('dynamodb', endpoint_url='{e}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n{script}\n",
+            "import boto3, json\niot = boto3.client('iot', endpoint_url='{e}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\nddb = boto3.client('dynamodb', endpoint_url='{e}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\nkms = boto3.client('kms', endpoint_url='{e}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n{script}\n",
             e = self.endpoint
         );
         let output = Command::new("python3")

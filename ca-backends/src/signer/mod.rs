@@ -8,7 +8,9 @@
 //!
 //! * [`file::FileSigner`] — a PKCS#8 key file (today's behaviour).
 //! * [`pkcs11::Pkcs11Signer`] — a key that never leaves a PKCS#11 token.
+//! * `aws_kms::AwsKmsSigner` — a key in AWS KMS (the `aws` feature).
 
+pub mod aws_kms;
 pub mod file;
 pub mod pkcs11;
 
@@ -65,14 +67,17 @@ pub enum SignerConfig {
     File,
     /// A key inside a PKCS#11 token.
     Pkcs11(pkcs11::Pkcs11Config),
+    /// A key in AWS KMS.
+    AwsKms(aws_kms::AwsKmsConfig),
 }
 
 impl SignerConfig {
-    /// Short name: `file` or `pkcs11`.
+    /// Short name: `file`, `pkcs11` or `aws-kms`.
     pub fn kind(&self) -> &'static str {
         match self {
             SignerConfig::File => "file",
             SignerConfig::Pkcs11(_) => "pkcs11",
+            SignerConfig::AwsKms(_) => "aws-kms",
         }
     }
 }
@@ -141,13 +146,30 @@ pub fn verify(
         .map_err(|_| SignerError::Failed("bad signature".into()))
 }
 
-/// Opens the signer `config` names for the key of the CA in `dir`.
-pub fn open(config: &SignerConfig, dir: &std::path::Path) -> Result<Arc<dyn Signer>, CaError> {
+/// Opens the signer `config` names for the key of the CA in `dir` (a
+/// token is opened on the blocking pool; KMS is asked for the public key).
+pub async fn open(
+    config: &SignerConfig,
+    dir: &std::path::Path,
+) -> Result<Arc<dyn Signer>, CaError> {
     match config {
         SignerConfig::File => Ok(Arc::new(file::FileSigner::load(
             &dir.join(crate::local::ISSUING_KEY),
         )?)),
-        SignerConfig::Pkcs11(config) => Ok(Arc::new(pkcs11::Pkcs11Signer::open(config)?)),
+        SignerConfig::Pkcs11(config) => {
+            let config = config.clone();
+            let signer = tokio::task::spawn_blocking(move || pkcs11::Pkcs11Signer::open(&config))
+                .await
+                .map_err(|e| CaError::Internal(e.to_string()))??;
+            Ok(Arc::new(signer))
+        }
+        #[cfg(feature = "aws")]
+        SignerConfig::AwsKms(config) => Ok(Arc::new(aws_kms::AwsKmsSigner::open(config).await?)),
+        #[cfg(not(feature = "aws"))]
+        SignerConfig::AwsKms(_) => Err(CaError::Internal(
+            "[ca.signer] kind = \"aws-kms\": this build has no AWS support (the `aws` feature)"
+                .into(),
+        )),
     }
 }
 

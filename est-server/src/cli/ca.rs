@@ -1,6 +1,6 @@
-//! `est-server ca …`: create the local CA with its key in a file or a
-//! PKCS#11 token, hand its CSR to an offline root, install what the root
-//! signed, and show what is in place.
+//! `est-server ca …`: create the local CA with its key in a file, a
+//! PKCS#11 token or AWS KMS, hand its CSR to an offline root, install what
+//! the root signed, and show what is in place.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,11 +18,12 @@ use x509_cert::Certificate;
 #[derive(Subcommand)]
 pub enum CaAction {
     /// Create the CA: a new issuing key (inside the token for `pkcs11`,
-    /// never extractable) and either a root in the same place or, with
-    /// `--offline-root`, the issuing CA's CSR for an offline root to sign.
+    /// never extractable; in KMS for `aws-kms`) and either a root in the
+    /// same place or, with `--offline-root`, the issuing CA's CSR for an
+    /// offline root to sign.
     Init {
         /// Where the keys go; must match the config's `[ca.signer] kind`.
-        #[arg(long, value_parser = ["file", "pkcs11"])]
+        #[arg(long, value_parser = ["file", "pkcs11", "aws-kms"])]
         signer: String,
         /// Keep the root offline: write the issuing CA's CSR (then `ca import`).
         #[arg(long)]
@@ -30,6 +31,18 @@ pub enum CaAction {
         /// Label of the root key in the token (default: `<key_label>-root`).
         #[arg(long)]
         root_key_label: Option<String>,
+        /// `aws-kms`: the issuing CA's KMS key (id, ARN or `alias/…`;
+        /// default: `key_id` of `[ca.signer]`).
+        #[arg(long)]
+        key_id: Option<String>,
+        /// `aws-kms`: the root's KMS key (a different key; not with `--offline-root`).
+        #[arg(long)]
+        root_key_id: Option<String>,
+        /// `aws-kms`: create the issuing key in KMS (`CreateKey`, SIGN_VERIFY,
+        /// the spec of `key_algorithm`), and the root key too unless
+        /// `--root-key-id` or `--offline-root`; prints the key ids.
+        #[arg(long)]
+        create_key: bool,
     },
     /// Write the issuing CA's CSR (signed by its key) for an offline root.
     Csr {
@@ -63,6 +76,9 @@ pub async fn run(config: &Config, name: &str, action: CaAction) -> anyhow::Resul
             signer: kind,
             offline_root,
             root_key_label,
+            key_id,
+            root_key_id,
+            create_key,
         } => {
             if kind != settings.signer.kind() {
                 anyhow::bail!(
@@ -115,6 +131,25 @@ pub async fn run(config: &Config, name: &str, action: CaAction) -> anyhow::Resul
                     }
                     println!("issuing key: {}", issuing.location());
                 }
+                (SignerConfig::AwsKms(kms), _) => {
+                    let kms = kms_init(
+                        kms,
+                        &field,
+                        &dir,
+                        &options,
+                        KmsInit {
+                            offline_root,
+                            key_id,
+                            root_key_id,
+                            create_key,
+                        },
+                    )
+                    .await?;
+                    if !offline_root {
+                        show(&dir, &SignerConfig::AwsKms(kms)).await?;
+                    }
+                    return Ok(());
+                }
             }
             if !offline_root {
                 show(&dir, &settings.signer).await?;
@@ -148,8 +183,106 @@ async fn generate(
 }
 
 async fn open_signer(config: &SignerConfig, dir: &Path) -> anyhow::Result<Arc<dyn Signer>> {
-    let (config, dir) = (config.clone(), dir.to_path_buf());
-    Ok(tokio::task::spawn_blocking(move || signer::open(&config, &dir)).await??)
+    Ok(signer::open(config, dir).await?)
+}
+
+/// The `--key-id` / `--root-key-id` / `--create-key` choices of `ca init --signer aws-kms`.
+struct KmsInit {
+    offline_root: bool,
+    key_id: Option<String>,
+    root_key_id: Option<String>,
+    create_key: bool,
+}
+
+/// `ca init --signer aws-kms`: the issuing key (given, configured or
+/// created), then a root signed by a second KMS key or the issuing CSR for
+/// an offline root. Returns the settings with the issuing key id filled in.
+#[cfg(feature = "aws")]
+async fn kms_init(
+    kms: &ca_backends::signer::aws_kms::AwsKmsConfig,
+    field: &str,
+    dir: &Path,
+    options: &ca_backends::local::LocalCaOptions,
+    choice: KmsInit,
+) -> anyhow::Result<ca_backends::signer::aws_kms::AwsKmsConfig> {
+    use ca_backends::signer::aws_kms::AwsKmsSigner;
+    if choice.offline_root && choice.root_key_id.is_some() {
+        anyhow::bail!("--root-key-id and --offline-root exclude each other");
+    }
+    let configured = kms.key_id.clone().filter(|id| !id.trim().is_empty());
+    let in_config = configured.is_some();
+    let issuing_id = match (choice.key_id, configured, choice.create_key) {
+        (Some(given), Some(configured), _) if given != configured => anyhow::bail!(
+            "--key-id {given}, but [{field}.signer] key_id is `{configured}`: use one key"
+        ),
+        (Some(_), _, true) | (_, Some(_), true) => anyhow::bail!(
+            "--create-key makes a new key, but a key id is already given: drop one of them"
+        ),
+        (Some(id), _, false) | (None, Some(id), false) => id,
+        (None, None, true) => {
+            let (id, arn) = AwsKmsSigner::create_key(
+                kms,
+                options.key_algorithm,
+                &format!("est-server issuing CA ({})", options.issuing_subject),
+            )
+            .await?;
+            println!("created KMS key {id} ({arn}) for the issuing CA");
+            id
+        }
+        (None, None, false) => anyhow::bail!(
+            "[{field}.signer] kind = \"aws-kms\" needs a key: set key_id, pass --key-id, or --create-key"
+        ),
+    };
+    let kms = kms.with_key_id(&issuing_id);
+    let issuing = AwsKmsSigner::open(&kms).await?;
+    if choice.offline_root {
+        local::create_private_dir(dir)?;
+        write_csr(
+            &options.issuing_subject,
+            &issuing,
+            &dir.join(local::ISSUING_CSR),
+        )
+        .await?;
+    } else {
+        let root_id = match choice.root_key_id {
+            Some(id) => id,
+            None if choice.create_key => {
+                let (id, arn) = AwsKmsSigner::create_key(
+                    &kms,
+                    options.key_algorithm,
+                    &format!("est-server root CA ({})", options.root_subject),
+                )
+                .await?;
+                println!("created KMS key {id} ({arn}) for the root");
+                id
+            }
+            None => anyhow::bail!(
+                "the root needs its own KMS key: pass --root-key-id, --create-key, or --offline-root"
+            ),
+        };
+        let root = AwsKmsSigner::open(&kms.with_key_id(&root_id)).await?;
+        if root.key_arn() == issuing.key_arn() {
+            anyhow::bail!("the root and the issuing CA must have different KMS keys");
+        }
+        LocalCa::create_with_signers(dir, options, &root, &issuing).await?;
+        println!("root key: {}", root.location());
+    }
+    println!("issuing key: {}", issuing.location());
+    if !in_config {
+        println!("now set in [{field}.signer]: key_id = \"{issuing_id}\"");
+    }
+    Ok(kms)
+}
+
+#[cfg(not(feature = "aws"))]
+async fn kms_init(
+    _kms: &ca_backends::signer::aws_kms::AwsKmsConfig,
+    _field: &str,
+    _dir: &Path,
+    _options: &ca_backends::local::LocalCaOptions,
+    _choice: KmsInit,
+) -> anyhow::Result<ca_backends::signer::aws_kms::AwsKmsConfig> {
+    anyhow::bail!("--signer aws-kms: this build has no AWS support (the `aws` feature)")
 }
 
 async fn write_csr(subject: &str, signer: &dyn Signer, out: &Path) -> anyhow::Result<()> {
