@@ -5,6 +5,7 @@
 //! The binary is `target/debug/est-server` (or `$EST_SERVER_BIN`); the README
 //! test command builds it before the tests run.
 
+pub mod ca_tools;
 pub mod device;
 pub mod kms_proxy;
 pub mod mosquitto;

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use est_e2e::ca_tools::*;
 use est_e2e::*;
 
 /// A secret the server must never print; moto does not check credentials.
@@ -51,29 +52,12 @@ fn write_config(dir: &Path, config: &str) {
 }
 
 fn est_server(dir: &Path, args: &[&str]) -> Output {
-    Command::new(server_binary())
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .envs(env())
-        .output()
-        .unwrap()
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    est_server_in(dir, args, &env())
 }
 
 /// A serve that must fail at start: returns its stderr.
 fn start_fails(dir: &Path) -> String {
-    let output = est_server(dir, &["serve", "--dev"]);
-    assert!(!output.status.success(), "the server started");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    start_fails_in(dir, &env())
 }
 
 /// Creates a key in moto's KMS and returns its key id.
@@ -85,17 +69,8 @@ fn create_key(moto: &Moto, spec: &str, usage: &str) -> String {
     .to_owned()
 }
 
-/// `openssl verify` of `cert` against the CA in `ca_dir`.
 fn verify(ca_dir: &Path, cert: &Path) {
-    let out = openssl(&[
-        "verify",
-        "-CAfile",
-        &ca_dir.join("root-ca.pem").display().to_string(),
-        "-untrusted",
-        &ca_dir.join("issuing-ca.pem").display().to_string(),
-        &cert.display().to_string(),
-    ]);
-    assert!(String::from_utf8_lossy(&out).contains(": OK"));
+    verify_against(ca_dir, cert)
 }
 
 fn add_device(server: &Server, id: &str) -> String {
@@ -115,31 +90,10 @@ fn enroll_token(server: &Server, csr: &Csr, id: &str, token: &str) -> HttpRespon
 
 /// Revokes `cert`, fetches the CRL and has openssl check its signature and
 /// that it lists the serial.
-fn revoke_and_check_crl(server: &Server, cert: &Path, work: &Path) {
+fn revoke_and_check_crl(server: &Server, cert: &Path) {
     let serial = serial_of(cert);
     server.admin_env(&["certs", "revoke", &serial], &env());
-    let crl = server.curl(&["-o", "-", &server.url("/crl")]);
-    assert_eq!(crl.status, 200);
-    let crl_path = work.join("crl.der");
-    std::fs::write(&crl_path, &crl.body).unwrap();
-    let text = String::from_utf8(openssl(&[
-        "crl",
-        "-inform",
-        "DER",
-        "-in",
-        &crl_path.display().to_string(),
-        "-CAfile",
-        &server.path("ca/issuing-ca.pem").display().to_string(),
-        "-noout",
-        "-text",
-        "-verify",
-    ]))
-    .unwrap();
-    assert!(
-        text.to_ascii_uppercase()
-            .contains(&serial.to_ascii_uppercase()),
-        "{text}"
-    );
+    crl_lists(server, "/crl", &server.path("ca/issuing-ca.pem"), &serial);
 }
 
 /// Asks the OCSP responder about `cert`; openssl verifies the response
@@ -276,7 +230,7 @@ fn kms_p256_ca_created_by_ca_init_enrolls_renews_and_signs_crl_and_ocsp() {
     let cert3 = work.path().join("cert3.pem");
     enroll_basic(&server, None, &other, &cert3);
     verify(&ca_dir, &cert3);
-    revoke_and_check_crl(&server, &cert3, work.path());
+    revoke_and_check_crl(&server, &cert3);
     ocsp_status(&server, &cert3, work.path(), "revoked");
     ocsp_status(&server, &cert2, work.path(), "good");
     assert!(
@@ -338,7 +292,7 @@ fn kms_rsa2048_keys_given_by_id_sign_certificates_and_the_crl() {
         enroll_basic(&server, None, &csr, &cert);
         verify(&ca_dir, &cert);
     }
-    revoke_and_check_crl(&server, &work.path().join("rsa.pem"), work.path());
+    revoke_and_check_crl(&server, &work.path().join("rsa.pem"));
     ocsp_status(
         &server,
         &work.path().join("rsa.pem"),
@@ -375,56 +329,9 @@ fn kms_p384_issuing_key_under_an_offline_root() {
     assert!(text.contains("ecdsa-with-SHA384"), "{text}");
     assert!(text.contains("NIST CURVE: P-384"), "{text}");
 
-    let offline = tempfile::tempdir().unwrap();
-    let p = |name: &str| offline.path().join(name).display().to_string();
-    openssl(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        &p("root.key"),
-    ]);
-    openssl(&[
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        &p("root.key"),
-        "-subj",
-        "/CN=Offline Root",
-        "-days",
-        "3650",
-        "-addext",
-        "basicConstraints=critical,CA:true",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-out",
-        &p("root.pem"),
-    ]);
-    std::fs::write(
-        p("ext.cnf"),
-        "basicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr.display().to_string(),
-        "-CA",
-        &p("root.pem"),
-        "-CAkey",
-        &p("root.key"),
-        "-CAcreateserial",
-        "-days",
-        "1825",
-        "-extfile",
-        &p("ext.cnf"),
-        "-out",
-        &p("issuing.pem"),
-    ]);
+    let root = OfflineRoot::new();
+    let p = |name: &str| root.path(name);
+    root.sign_issuing(&csr.display().to_string(), &p("issuing.pem"));
     let imported = ok(est_server(
         dir.path(),
         &[

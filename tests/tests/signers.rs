@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use est_e2e::ca_tools::*;
 use est_e2e::softhsm::{SoftHsm, MODULE};
 use est_e2e::*;
 
@@ -24,44 +25,16 @@ fn write_config(dir: &Path, extra: &str) {
     .unwrap();
 }
 
-/// Runs `est-server <args> --data-dir <dir>` with `env`.
 fn est_server(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
-    Command::new(server_binary())
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap()
+    est_server_in(dir, args, env)
 }
 
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// `openssl verify` of `cert` against the CA in `ca_dir` (root trusted, issuing untrusted).
 fn verify(ca_dir: &Path, cert: &Path) {
-    let out = openssl(&[
-        "verify",
-        "-CAfile",
-        &ca_dir.join("root-ca.pem").display().to_string(),
-        "-untrusted",
-        &ca_dir.join("issuing-ca.pem").display().to_string(),
-        &cert.display().to_string(),
-    ]);
-    assert!(String::from_utf8_lossy(&out).contains(": OK"));
+    verify_against(ca_dir, cert)
 }
 
-/// A serve that must fail at start: returns its stderr.
 fn start_fails(dir: &Path, env: &[(&str, String)]) -> String {
-    let output = est_server(dir, &["serve", "--dev"], env);
-    assert!(!output.status.success(), "the server started");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    start_fails_in(dir, env)
 }
 
 #[test]
@@ -145,28 +118,7 @@ fn pkcs11_ca_enrolls_renews_and_signs_the_crl_with_a_key_that_never_leaves_the_t
     // Revoke and fetch the CRL the token signs; openssl checks its signature.
     let serial = serial_of(&cert3);
     server.admin_env(&["certs", "revoke", &serial], &hsm.env());
-    let crl = server.curl(&["-o", "-", &server.url("/crl")]);
-    assert_eq!(crl.status, 200);
-    let crl_path = work.path().join("crl.der");
-    std::fs::write(&crl_path, &crl.body).unwrap();
-    let text = String::from_utf8(openssl(&[
-        "crl",
-        "-inform",
-        "DER",
-        "-in",
-        &crl_path.display().to_string(),
-        "-CAfile",
-        &ca_dir.join("issuing-ca.pem").display().to_string(),
-        "-noout",
-        "-text",
-        "-verify",
-    ]))
-    .unwrap();
-    assert!(
-        text.to_ascii_uppercase()
-            .contains(&serial.to_ascii_uppercase()),
-        "{text}"
-    );
+    crl_lists(&server, "/crl", &ca_dir.join("issuing-ca.pem"), &serial);
 
     // `ca show` names where the key is and what the chain is.
     let show = ok(est_server(server.dir.path(), &["ca", "show"], &hsm.env()));
@@ -275,58 +227,10 @@ fn offline_root_signs_the_issuing_csr_and_import_checks_key_and_chain() {
     ]);
 
     // The offline root, here made by openssl.
-    let offline = tempfile::tempdir().unwrap();
-    let p = |name: &str| offline.path().join(name).display().to_string();
-    openssl(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        &p("root.key"),
-    ]);
-    openssl(&[
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        &p("root.key"),
-        "-subj",
-        "/CN=Offline Root",
-        "-days",
-        "3650",
-        "-addext",
-        "basicConstraints=critical,CA:true",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-out",
-        &p("root.pem"),
-    ]);
-    std::fs::write(
-        p("ext.cnf"),
-        "basicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
-    )
-    .unwrap();
-    let sign = |csr: &str, out: &str| {
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            csr,
-            "-CA",
-            &p("root.pem"),
-            "-CAkey",
-            &p("root.key"),
-            "-CAcreateserial",
-            "-days",
-            "1825",
-            "-extfile",
-            &p("ext.cnf"),
-            "-out",
-            out,
-        ]);
-    };
+    let root = OfflineRoot::new();
+    let offline = &root.dir;
+    let p = |name: &str| root.path(name);
+    let sign = |csr: &str, out: &str| root.sign_issuing(csr, out);
     sign(&csr.display().to_string(), &p("issuing.pem"));
 
     // A certificate for some other key is refused, naming the mismatch.
