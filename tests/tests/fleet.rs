@@ -1029,3 +1029,244 @@ async fn enrollment_rides_out_a_postgres_restart() {
         started.elapsed()
     );
 }
+
+/// What the fake device of [`an_unacknowledged_certificate_is_sent_again_by_the_next_leader`] saw.
+enum DeviceEvent {
+    /// A `crt_res` arrived (the certificate's serial, lower-case hex).
+    Certificate(String),
+}
+
+/// A device that answers `csr_req` with `csr_pem` and reports every
+/// `crt_res`; it acknowledges only once told to (`ack` receives the serial).
+fn fake_device(
+    port: u16,
+    dir: &Path,
+    ca: &Path,
+    client_id: &str,
+    csr_pem: String,
+    events: std::sync::mpsc::Sender<DeviceEvent>,
+    ack: std::sync::mpsc::Receiver<String>,
+) -> std::thread::JoinHandle<()> {
+    let (cert, key, ca, id) = (
+        dir.join("device.pem"),
+        dir.join("device.key"),
+        ca.to_path_buf(),
+        client_id.to_owned(),
+    );
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut &std::fs::read(&ca).unwrap()[..]) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let chain = rustls_pemfile::certs(&mut &std::fs::read(&cert).unwrap()[..])
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = rustls_pemfile::private_key(&mut &std::fs::read(&key).unwrap()[..])
+                .unwrap()
+                .unwrap();
+            let tls = rustls::ClientConfig::builder_with_provider(
+                rustls::crypto::aws_lc_rs::default_provider().into(),
+            )
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+            let mut options = rumqttc::MqttOptions::new(&id, "127.0.0.1", port);
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+            ));
+            let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+            let topic = |step: &str| format!("management/topic/{id}/{step}");
+            for step in ["csr_req", "crt_res"] {
+                client
+                    .subscribe(topic(step), rumqttc::QoS::AtLeastOnce)
+                    .await
+                    .unwrap();
+            }
+            let until = Instant::now() + Duration::from_secs(150);
+            while Instant::now() < until {
+                match ack.try_recv() {
+                    Ok(serial) => {
+                        let ack = est_wire::rotation::CertificateAck { serial };
+                        let body = serde_json::to_vec(&ack).unwrap();
+                        client
+                            .publish(topic("crt_ack"), rumqttc::QoS::AtLeastOnce, false, body)
+                            .await
+                            .unwrap();
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                }
+                let event =
+                    tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+                let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish)))) = event
+                else {
+                    if let Ok(Err(_)) = event {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    continue;
+                };
+                if publish.topic.ends_with("/csr_req") {
+                    let body = serde_json::to_vec(&est_wire::rotation::CsrResponse {
+                        csr: csr_pem.clone(),
+                        serial: None,
+                    })
+                    .unwrap();
+                    client
+                        .publish(topic("csr_res"), rumqttc::QoS::AtLeastOnce, false, body)
+                        .await
+                        .unwrap();
+                } else if publish.topic.ends_with("/crt_res") {
+                    let response: est_wire::rotation::CertificateResponse =
+                        serde_json::from_slice(&publish.payload).unwrap();
+                    let pem = tempfile::NamedTempFile::new().unwrap();
+                    std::fs::write(pem.path(), response.certificate_pem).unwrap();
+                    let _ = events.send(DeviceEvent::Certificate(serial_of(pem.path())));
+                }
+            }
+        });
+    })
+}
+
+/// The leader dies after the device got its new certificate but before the
+/// device acknowledged it: the other server takes the lead, sends the same
+/// certificate again (nothing new is issued), and the late `crt_ack`
+/// finishes the rotation and retires the predecessor.
+#[test]
+fn an_unacknowledged_certificate_is_sent_again_by_the_next_leader() {
+    let pg = Postgres::start();
+    let url = pg.create_database("unacked");
+    let broker_port = Mosquitto::free_port();
+    let rotation = |id: &str| {
+        format!(
+            "[rotation]\nenabled = true\nbroker = \"127.0.0.1:{broker_port}\"\nclient_id = \"{id}\"\n\
+             expiring_within = \"60d\"\naudit_interval = \"1s\"\nretry_after = \"2s\"\n"
+        )
+    };
+    let first = fleet_server_with(&url, None, &rotation("orch-a"));
+    let ca_dir = first.path("ca");
+    let second = fleet_server_with(&url, Some(&ca_dir), &rotation("orch-b"));
+    let broker = Mosquitto::start_with_operators(&first, broker_port, &["orch-a", "orch-b"]);
+    let leads = |server: &Server| server.log().contains("this server leads the audit");
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            (leads(&first) || leads(&second))
+                && broker.saw_client("orch-a")
+                && broker.saw_client("orch-b")
+        }),
+        "no leader, or not both connected:\n{}\n{}",
+        first.log(),
+        second.log()
+    );
+    let (leader, follower) = if leads(&first) {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    enroll(&follower, dir.path(), Some("iot"), "rot-unacked");
+    let old = serial(dir.path())
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
+    let key = dir.path().join("next.key").display().to_string();
+    let csr_pem = String::from_utf8(openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-subj",
+        "/CN=rot-unacked",
+        "-addext",
+        "subjectAltName=DNS:rot-unacked.example",
+    ]))
+    .unwrap();
+    let (events_tx, events) = std::sync::mpsc::channel();
+    let (ack, ack_rx) = std::sync::mpsc::channel();
+    let device = fake_device(
+        broker.port,
+        dir.path(),
+        &follower.ca_pem(),
+        "rot-unacked",
+        csr_pem,
+        events_tx,
+        ack_rx,
+    );
+    let DeviceEvent::Certificate(new) = events
+        .recv_timeout(Duration::from_secs(40))
+        .unwrap_or_else(|_| {
+            panic!(
+                "no crt_res: {:?}\n{}\n{}",
+                rotation_of(&follower, "rot-unacked"),
+                leader.log(),
+                follower.log()
+            )
+        });
+    assert_eq!(
+        rotation_state(&follower, "rot-unacked"),
+        "issued",
+        "{:?}\nFOLLOWER {}\nLEADER {}",
+        rotation_of(&follower, "rot-unacked"),
+        follower.log(),
+        leader.log()
+    );
+    let leader_log = leader.log();
+    let _stopped = leader.stop();
+    let killed = Instant::now();
+    // The next leader sends the same certificate again (the dead leader
+    // may have resent it once just before it died: wait for the follower's).
+    while !follower.log().contains("certificate sent again") {
+        let Ok(DeviceEvent::Certificate(again)) = events.recv_timeout(Duration::from_secs(80))
+        else {
+            panic!(
+                "not sent again after the leader died: {:?}\n{}",
+                rotation_of(&follower, "rot-unacked"),
+                follower.log()
+            )
+        };
+        assert_eq!(
+            again,
+            new,
+            "the same certificate, nothing new issued: {:?}\nFOLLOWER {}\nLEADER {}",
+            rotation_of(&follower, "rot-unacked"),
+            follower.log(),
+            leader_log
+        );
+    }
+    assert!(leads(&follower), "{}", follower.log());
+    eprintln!(
+        "certificate sent again {:?} after the leader was killed",
+        killed.elapsed()
+    );
+    ack.send(new.clone()).unwrap();
+    // (With this test's 60-day window the new certificate is itself due at
+    // once, so the record may move on to its rotation right after.)
+    assert!(
+        wait_for(Duration::from_secs(20), || state_of(&follower, &old)
+            == "superseded+retired"),
+        "{:?}\n{}",
+        rotation_of(&follower, "rot-unacked"),
+        follower.log()
+    );
+    assert_eq!(state_of(&follower, &new), "active");
+    assert!(
+        follower
+            .log()
+            .contains("rotation complete: device acknowledged"),
+        "{}",
+        follower.log()
+    );
+    drop(ack);
+    drop(events);
+    let _ = device.join();
+}

@@ -57,6 +57,15 @@ pub fn decide(
         return Decision::Expired(client_id);
     }
     match rotations.get(&client_id) {
+        // This certificate is the successor an unfinished rotation is still
+        // delivering (sent, not yet acknowledged): that rotation goes on
+        // (its crt_res is sent again); a new one would overwrite it.
+        Some(rotation)
+            if rotation.state == RotationState::Issued
+                && rotation.new_serial.as_deref() == Some(record.certificate.serial.as_str()) =>
+        {
+            Decision::BackingOff(client_id)
+        }
         Some(rotation) if rotation.serial == record.certificate.serial => {
             if rotation.next_attempt_at > now && !force {
                 Decision::BackingOff(client_id)
