@@ -120,3 +120,22 @@ pub fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// The rotation record of `client_id`, from `est-server rotations --json`.
+pub fn rotation_of(server: &Server, client_id: &str) -> Option<serde_json::Value> {
+    let listing: serde_json::Value =
+        serde_json::from_str(&server.admin(&["rotations", "--json"])).unwrap();
+    listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["clientId"] == client_id)
+        .cloned()
+}
+
+/// The state of `client_id`'s rotation (`requested`, `issued`, …; empty when none).
+pub fn rotation_state(server: &Server, client_id: &str) -> String {
+    rotation_of(server, client_id)
+        .and_then(|r| r["state"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}

@@ -624,22 +624,42 @@ fn one_server_leads_the_rotation_audit() {
     );
 }
 
-/// The rotation record of `client_id`, from `est-server rotations --json`.
-fn rotation_of(server: &Server, client_id: &str) -> Option<serde_json::Value> {
-    let listing: serde_json::Value =
-        serde_json::from_str(&server.admin(&["rotations", "--json"])).unwrap();
-    listing
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["clientId"] == client_id)
-        .cloned()
+/// Two servers with rotation on one PostgreSQL database and a real broker,
+/// once one of them leads and both are connected: `(leader, follower, broker)`.
+/// Device certificates live 30 days: the 60-day window asks at once.
+fn rotation_pair(url: &str) -> (Server, Server, Mosquitto) {
+    let broker_port = Mosquitto::free_port();
+    let rotation = |id: &str| {
+        format!(
+            "[rotation]\nenabled = true\nbroker = \"127.0.0.1:{broker_port}\"\nclient_id = \"{id}\"\n\
+             expiring_within = \"60d\"\naudit_interval = \"1s\"\nretry_after = \"2s\"\n"
+        )
+    };
+    let first = fleet_server_with(url, None, &rotation("orch-a"));
+    let ca_dir = first.path("ca");
+    let second = fleet_server_with(url, Some(&ca_dir), &rotation("orch-b"));
+    let broker = Mosquitto::start_with_operators(&first, broker_port, &["orch-a", "orch-b"]);
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            (leads(&first) || leads(&second))
+                && broker.saw_client("orch-a")
+                && broker.saw_client("orch-b")
+        }),
+        "no leader, or not both connected:\n{}\n{}\n{}",
+        first.log(),
+        second.log(),
+        broker.log()
+    );
+    if leads(&first) {
+        (first, second, broker)
+    } else {
+        (second, first, broker)
+    }
 }
 
-fn rotation_state(server: &Server, client_id: &str) -> String {
-    rotation_of(server, client_id)
-        .and_then(|r| r["state"].as_str().map(str::to_owned))
-        .unwrap_or_default()
+/// Whether `server` has taken the rotation lead.
+fn leads(server: &Server) -> bool {
+    server.log().contains("this server leads the audit")
 }
 
 /// A rotation the leader started (its `csr_req` published and recorded)
@@ -656,30 +676,7 @@ fn a_rotation_survives_its_leader_killed_mid_way() {
     let started = Instant::now();
     let pg = Postgres::start();
     let url = pg.create_database("takeover");
-    let broker_port = Mosquitto::free_port();
-    // Device certificates live 30 days: a 60-day window asks at once.
-    let rotation = |id: &str| {
-        format!(
-            "[rotation]\nenabled = true\nbroker = \"127.0.0.1:{broker_port}\"\nclient_id = \"{id}\"\n\
-             expiring_within = \"60d\"\naudit_interval = \"1s\"\nretry_after = \"2s\"\n"
-        )
-    };
-    let first = fleet_server_with(&url, None, &rotation("orch-a"));
-    let ca_dir = first.path("ca");
-    let second = fleet_server_with(&url, Some(&ca_dir), &rotation("orch-b"));
-    let broker = Mosquitto::start_with_operators(&first, broker_port, &["orch-a", "orch-b"]);
-    let leads = |server: &Server| server.log().contains("this server leads the audit");
-    assert!(
-        wait_for(Duration::from_secs(30), || {
-            (leads(&first) || leads(&second))
-                && broker.saw_client("orch-a")
-                && broker.saw_client("orch-b")
-        }),
-        "no leader, or not both connected:\n{}\n{}\n{}",
-        first.log(),
-        second.log(),
-        broker.log()
-    );
+    let (leader, follower, broker) = rotation_pair(&url);
     // Each server connects as its own client id, with a certificate that
     // names it (the broker's user name), though they share a CA directory.
     for id in ["orch-a", "orch-b"] {
@@ -692,11 +689,6 @@ fn a_rotation_survives_its_leader_killed_mid_way() {
             broker.log()
         );
     }
-    let (leader, follower) = if leads(&first) {
-        (first, second)
-    } else {
-        (second, first)
-    };
 
     // The device enrolls (through the follower); the leader's next audit
     // asks it for a CSR while it is offline.
@@ -1142,33 +1134,7 @@ fn fake_device(
 fn an_unacknowledged_certificate_is_sent_again_by_the_next_leader() {
     let pg = Postgres::start();
     let url = pg.create_database("unacked");
-    let broker_port = Mosquitto::free_port();
-    let rotation = |id: &str| {
-        format!(
-            "[rotation]\nenabled = true\nbroker = \"127.0.0.1:{broker_port}\"\nclient_id = \"{id}\"\n\
-             expiring_within = \"60d\"\naudit_interval = \"1s\"\nretry_after = \"2s\"\n"
-        )
-    };
-    let first = fleet_server_with(&url, None, &rotation("orch-a"));
-    let ca_dir = first.path("ca");
-    let second = fleet_server_with(&url, Some(&ca_dir), &rotation("orch-b"));
-    let broker = Mosquitto::start_with_operators(&first, broker_port, &["orch-a", "orch-b"]);
-    let leads = |server: &Server| server.log().contains("this server leads the audit");
-    assert!(
-        wait_for(Duration::from_secs(30), || {
-            (leads(&first) || leads(&second))
-                && broker.saw_client("orch-a")
-                && broker.saw_client("orch-b")
-        }),
-        "no leader, or not both connected:\n{}\n{}",
-        first.log(),
-        second.log()
-    );
-    let (leader, follower) = if leads(&first) {
-        (first, second)
-    } else {
-        (second, first)
-    };
+    let (leader, follower, broker) = rotation_pair(&url);
     let dir = tempfile::tempdir().unwrap();
     enroll(&follower, dir.path(), Some("iot"), "rot-unacked");
     let old = serial(dir.path())

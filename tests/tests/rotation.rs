@@ -81,23 +81,6 @@ fn hex_serial(dir: &Path) -> String {
         .to_ascii_lowercase()
 }
 
-fn rotation_of(server: &Server, client_id: &str) -> Option<serde_json::Value> {
-    let listing: serde_json::Value =
-        serde_json::from_str(&server.admin(&["rotations", "--json"])).unwrap();
-    listing
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["clientId"] == client_id)
-        .cloned()
-}
-
-fn rotation_state(server: &Server, client_id: &str) -> String {
-    rotation_of(server, client_id)
-        .map(|r| r["state"].as_str().unwrap().to_owned())
-        .unwrap_or_default()
-}
-
 fn cert_state(server: &Server, serial: &str) -> String {
     let listing = server.admin(&["certs", "list"]);
     listing

@@ -52,20 +52,32 @@ pub struct AwsKmsConfig {
     pub max_attempts: u32,
     /// Base of the exponential back-off between attempts (the SDK's
     /// standard mode waits up to base × 2^(attempt−1), capped at 20 s).
-    #[serde(default = "default_initial_backoff", with = "crate::profile::duration_text")]
+    #[serde(
+        default = "default_initial_backoff",
+        with = "crate::profile::duration_text"
+    )]
     pub initial_backoff: Duration,
     /// Random jitter on the back-off (full jitter). Leave on; off only
     /// for tests that measure the back-off itself.
     #[serde(default = "default_true")]
     pub retry_jitter: bool,
     /// Time to establish a connection to KMS.
-    #[serde(default = "default_connect_timeout", with = "crate::profile::duration_text")]
+    #[serde(
+        default = "default_connect_timeout",
+        with = "crate::profile::duration_text"
+    )]
     pub connect_timeout: Duration,
     /// Time limit of one attempt (connection, request and response).
-    #[serde(default = "default_attempt_timeout", with = "crate::profile::duration_text")]
+    #[serde(
+        default = "default_attempt_timeout",
+        with = "crate::profile::duration_text"
+    )]
     pub attempt_timeout: Duration,
     /// Time limit of one KMS call, all attempts and back-off included.
-    #[serde(default = "default_operation_timeout", with = "crate::profile::duration_text")]
+    #[serde(
+        default = "default_operation_timeout",
+        with = "crate::profile::duration_text"
+    )]
     pub operation_timeout: Duration,
 }
 
