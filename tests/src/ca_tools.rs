@@ -173,3 +173,29 @@ pub fn crl_lists(server: &crate::Server, path: &str, issuing: &Path, serial: &st
     );
     text
 }
+
+/// Renews `cert` over mTLS with `csr`'s key (same subject `subject`),
+/// writes the successor to `out` and checks it against the CA in `ca_dir`.
+pub fn renew_and_verify(
+    server: &crate::Server,
+    csr: &crate::Csr,
+    cert: &Path,
+    subject: &str,
+    ca_dir: &Path,
+    out: &Path,
+) {
+    let work = out.parent().unwrap();
+    let name = format!("{}-renew", out.file_stem().unwrap().to_string_lossy());
+    let renew = crate::Csr::for_key(work, &name, &csr.key, subject, &[]);
+    let (c, k) = (cert.display().to_string(), csr.key.display().to_string());
+    let response = crate::post_csr(
+        server,
+        None,
+        "simplereenroll",
+        &renew.b64,
+        &["--cert", &c, "--key", &k],
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    std::fs::write(out, crate::pkcs7_to_pem(&response.body)).unwrap();
+    verify_against(ca_dir, out);
+}

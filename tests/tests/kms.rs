@@ -210,19 +210,8 @@ fn kms_p256_ca_created_by_ca_init_enrolls_renews_and_signs_crl_and_ocsp() {
     verify(&ca_dir, &cert1);
 
     // Renewal over mTLS, signed in KMS too.
-    let renew = Csr::for_key(work.path(), "d1r", &first.key, "/CN=SN-KMS-1", &[]);
-    let (c, k) = (cert1.display().to_string(), first.key.display().to_string());
-    let response = post_csr(
-        &server,
-        None,
-        "simplereenroll",
-        &renew.b64,
-        &["--cert", &c, "--key", &k],
-    );
-    assert_eq!(response.status, 200, "{}", response.text());
     let cert2 = work.path().join("cert2.pem");
-    std::fs::write(&cert2, pkcs7_to_pem(&response.body)).unwrap();
-    verify(&ca_dir, &cert2);
+    renew_and_verify(&server, &first, &cert1, "/CN=SN-KMS-1", &ca_dir, &cert2);
     assert_ne!(serial_of(&cert1), serial_of(&cert2));
 
     // A Basic enrollment, then revoked: the CRL and OCSP are signed in KMS.

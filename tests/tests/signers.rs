@@ -89,19 +89,8 @@ fn pkcs11_ca_enrolls_renews_and_signs_the_crl_with_a_key_that_never_leaves_the_t
     verify(&ca_dir, &cert1);
 
     // Renewal over mTLS, signed by the token too.
-    let renew = Csr::for_key(work.path(), "d1r", &first.key, "/CN=hsm-device-1", &[]);
-    let (c, k) = (cert1.display().to_string(), first.key.display().to_string());
-    let response = post_csr(
-        &server,
-        None,
-        "simplereenroll",
-        &renew.b64,
-        &["--cert", &c, "--key", &k],
-    );
-    assert_eq!(response.status, 200, "{}", response.text());
     let cert2 = work.path().join("2.pem");
-    std::fs::write(&cert2, pkcs7_to_pem(&response.body)).unwrap();
-    verify(&ca_dir, &cert2);
+    renew_and_verify(&server, &first, &cert1, "/CN=hsm-device-1", &ca_dir, &cert2);
 
     // An RSA device certificate from the same EC CA key.
     let rsa = Csr::new(
