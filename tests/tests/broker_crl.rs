@@ -142,3 +142,27 @@ fn a_retired_certificate_is_refused_by_mosquitto_within_seconds() {
         broker.log()
     );
 }
+
+/// A reload command that hangs is stopped after 10 s (logged), so it holds
+/// up neither the start nor the CRL file's next rewrite.
+#[test]
+fn a_hanging_reload_command_is_cut_off_after_ten_seconds() {
+    let started = Instant::now();
+    let server = Server::start_with(
+        &config_with("[ca]\ncrl_file = \"crl.pem\"\ncrl_reload_command = [\"sleep\", \"60\"]\n"),
+        None,
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(25),
+        "started after {took:?}"
+    );
+    assert!(
+        server
+            .log()
+            .contains("CRL reload command did not finish within 10 s"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.curl(&[&server.url("/crl")]).status, 200);
+}

@@ -319,3 +319,63 @@ fn a_hierarchy_answers_ocsp_and_crl_for_its_own_certificates() {
     );
     assert_eq!(server.curl(&[&server.url("/crl/nope")]).status, 404);
 }
+
+/// The plain-HTTP OCSP/CRL listener keeps its limits: at most
+/// `[revocation] max_connections` at once (more are closed at once, and
+/// served again once the others go) and the header timeout closes a client
+/// that never sends its request.
+#[test]
+fn the_plain_listener_caps_connections_and_times_out_idle_clients() {
+    use std::io::{Read, Write};
+    let port = Mosquitto::free_port();
+    let server = Server::start_with(
+        &config_with(&format!(
+            "[limits]\nheader_timeout = \"2s\"\n\
+             [revocation]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 2\n"
+        )),
+        None,
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let closed_within = |stream: &mut std::net::TcpStream, limit: std::time::Duration| {
+        stream.set_read_timeout(Some(limit)).unwrap();
+        match stream.read(&mut [0u8; 1]) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    };
+    let started = std::time::Instant::now();
+    let mut idle: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A third is closed at once, without an answer.
+    let mut third = std::net::TcpStream::connect(&addr).unwrap();
+    third
+        .write_all(b"GET /crl HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok();
+    third
+        .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = third.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert!(started.elapsed() < std::time::Duration::from_millis(1800));
+    // The idle ones are closed by the header timeout (2 s)…
+    for stream in &mut idle {
+        assert!(closed_within(stream, std::time::Duration::from_secs(5)));
+    }
+    let idle_for = started.elapsed();
+    assert!(
+        idle_for >= std::time::Duration::from_millis(1800)
+            && idle_for < std::time::Duration::from_secs(6),
+        "{idle_for:?}"
+    );
+    // …and then the listener serves again.
+    let response = curl(&[format!("http://{addr}/crl")]);
+    assert_eq!(response.status, 200);
+    drop(server);
+}
