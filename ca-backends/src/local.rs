@@ -273,16 +273,6 @@ impl LocalCa {
         self
     }
 
-    /// The status URLs issued certificates carry.
-    pub fn status_urls(&self) -> &StatusUrls {
-        &self.status_urls
-    }
-
-    /// Where the CA's files are.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Issues a delegated OCSP responder certificate (RFC 6960 §4.2.2.2) for
     /// `key`: EKU id-kp-OCSPSigning, key usage digitalSignature,
     /// id-pkix-ocsp-nocheck, valid from a minute ago for `validity`.
