@@ -8,7 +8,8 @@
 //! * `certificates_expiring{within}` — active certificates ending within 7 and 30 days;
 //! * `rotations{state}` — MQTT rotation records by state;
 //! * `rotation_events_total{event}` — orchestrator events (requested, issued,
-//!   acknowledged, failed, refused, resent);
+//!   acknowledged, failed, refused, resent, duplicate: a device message
+//!   another server was already handling);
 //! * `open_connections{listener}` — connections open now on the `est` and
 //!   `admin` listeners;
 //! * `connections_refused_total{listener,reason}` — connections closed at

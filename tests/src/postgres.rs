@@ -7,6 +7,7 @@
 //! missing). `run-tests.sh` installs the Debian package `postgresql` when no
 //! `initdb` is found; without it these tests fail loudly rather than skip.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -296,6 +297,39 @@ impl Postgres {
         );
     }
 
+    /// The result of `sql` in database `name`, unaligned, without headers.
+    pub fn query(&self, name: &str, sql: &str) -> String {
+        let out = self
+            .command("psql")
+            .args(["-qtA", "-v", "ON_ERROR_STOP=1", &self.url(name), "-c", sql])
+            .current_dir(self.data.parent().unwrap_or(Path::new("/")))
+            .output()
+            .unwrap_or_else(|e| panic!("psql: {e}"));
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Opens a transaction in database `name`, runs `sql` in it (a `LOCK
+    /// TABLE`, say) and keeps it open until [`Held::release`] or drop.
+    pub fn hold(&self, name: &str, sql: &str) -> Held {
+        let mut child = self
+            .command("psql")
+            .args(["-q", "-v", "ON_ERROR_STOP=1", &self.url(name)])
+            .current_dir(self.data.parent().unwrap_or(Path::new("/")))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("psql: {e}"));
+        let stdin = child.stdin.as_mut().unwrap();
+        writeln!(stdin, "BEGIN;\n{sql};").unwrap();
+        stdin.flush().unwrap();
+        Held { child: Some(child) }
+    }
+
     /// The URL of database `name`.
     pub fn url(&self, name: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
@@ -313,5 +347,32 @@ impl Drop for Postgres {
             .command("pg_ctl")
             .args(["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"])
             .output();
+    }
+}
+
+/// A transaction kept open by [`Postgres::hold`]; committed on release or drop.
+pub struct Held {
+    child: Option<std::process::Child>,
+}
+
+impl Held {
+    /// Commits the transaction (releasing its locks) and waits for psql.
+    pub fn release(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = writeln!(stdin, "COMMIT;");
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.finish();
     }
 }

@@ -1236,3 +1236,153 @@ fn an_unacknowledged_certificate_is_sent_again_by_the_next_leader() {
     drop(events);
     let _ = device.join();
 }
+
+/// Both servers receive every device message, so both handle each
+/// `csr_res`, and on a busy database both can be inside the issuance at
+/// once. The one that loses must leave the rotation record to the one that
+/// issued: written after the winner's, its copy would take the record back
+/// from `issued` to `requested`, the device's `crt_ack` would be refused and
+/// the rotation would wait for the next audit (seen once in CI).
+///
+/// The race is made certain: the test locks the certificates table, so each
+/// server's issuance for each device waits at the same statement, and
+/// records every write to the rotations table with a trigger. No write may
+/// carry the loser's error, whichever order the two land in.
+#[test]
+fn the_server_that_loses_a_csr_race_leaves_the_record_alone() {
+    const DEVICES: usize = 3;
+    let pg = Postgres::start();
+    let url = pg.create_database("race");
+    let (leader, follower, broker) = rotation_pair(&url);
+    pg.psql(
+        "race",
+        "CREATE TABLE rotation_writes AS SELECT * FROM rotations WHERE false;
+         CREATE FUNCTION log_rotation_write() RETURNS trigger AS $$
+           BEGIN INSERT INTO rotation_writes SELECT NEW.*; RETURN NEW; END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER rotation_writes AFTER INSERT OR UPDATE ON rotations
+           FOR EACH ROW EXECUTE FUNCTION log_rotation_write();",
+    );
+    let mut devices = Vec::new();
+    let mut enrolled = Vec::new();
+    for n in 0..DEVICES {
+        let id = format!("rot-race-{n}");
+        let dir = tempfile::tempdir().unwrap();
+        enroll(&follower, dir.path(), Some("iot"), &id);
+        enrolled.push(
+            serial(dir.path())
+                .trim_start_matches("serial=")
+                .to_ascii_lowercase(),
+        );
+        devices.push((id, dir));
+    }
+    let lock = pg.hold(
+        "race",
+        "LOCK TABLE certificates IN SHARE ROW EXCLUSIVE MODE",
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for (id, dir) in &devices {
+        let key = dir.path().join("next.key").display().to_string();
+        let csr_pem = String::from_utf8(openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-subj",
+            &format!("/CN={id}"),
+            "-addext",
+            &format!("subjectAltName=DNS:{id}.example"),
+        ]))
+        .unwrap();
+        let (events_tx, events) = std::sync::mpsc::channel();
+        let (ack, ack_rx) = std::sync::mpsc::channel();
+        let device = fake_device(
+            broker.port,
+            dir.path(),
+            &follower.ca_pem(),
+            id,
+            csr_pem,
+            events_tx,
+            ack_rx,
+        );
+        // Acknowledge every certificate as soon as it arrives, until told
+        // to stop (dropping `ack` then ends the device).
+        let stop = stop.clone();
+        let acker = std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match events.recv_timeout(Duration::from_millis(200)) {
+                    Ok(DeviceEvent::Certificate(serial)) => {
+                        if ack.send(serial).is_err() {
+                            break;
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        });
+        threads.push((device, acker));
+    }
+    // Both servers wait at the lock for every device.
+    let waiting = || {
+        pg.query(
+            "race",
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'certificates'::regclass",
+        )
+        .parse::<usize>()
+        .unwrap()
+    };
+    let both = wait_for(Duration::from_secs(40), || waiting() >= 2 * DEVICES);
+    let seen = waiting();
+    lock.release();
+    assert!(
+        both,
+        "{seen} issuances waiting at the lock, not {}:\nLEADER {}\nFOLLOWER {}",
+        2 * DEVICES,
+        leader.log(),
+        follower.log()
+    );
+    for old in &enrolled {
+        assert!(
+            wait_for(Duration::from_secs(30), || state_of(&follower, old)
+                == "superseded+retired"),
+            "{old} not retired: {}\nLEADER {}\nFOLLOWER {}",
+            follower.admin(&["rotations", "--json"]),
+            leader.log(),
+            follower.log()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written_back = pg.query(
+        "race",
+        "SELECT client_id || ' ' || state || ': ' || last_error FROM rotation_writes \
+         WHERE last_error IS NOT NULL",
+    );
+    let (leader_log, follower_log) = (leader.log(), follower.log());
+    let lost = leader_log
+        .matches("csr_res handled by another server")
+        .count()
+        + follower_log
+            .matches("csr_res handled by another server")
+            .count();
+    eprintln!("{DEVICES} devices rotated; {lost} csr_res races lost and left alone");
+    assert!(
+        written_back.is_empty(),
+        "the server that lost the race wrote the record:\n{written_back}\nLEADER {leader_log}\nFOLLOWER {follower_log}"
+    );
+    for log in [&leader_log, &follower_log] {
+        assert!(
+            !log.contains("does not match the rotation"),
+            "a crt_ack was refused:\n{log}"
+        );
+    }
+    for (device, acker) in threads {
+        let _ = acker.join();
+        let _ = device.join();
+    }
+}

@@ -30,6 +30,7 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 use crate::authority::keyed_locks::KeyedLocks;
 use crate::config::RotationConfig;
+use crate::error::EstError;
 use crate::frontend::http::AppState;
 use crate::registry::{unix_now, CertState, CertificateRecord, Rotation, RotationState};
 use audit::Decision;
@@ -666,7 +667,7 @@ impl Orchestrator {
             })?;
         let issued = async {
             let (_, der) = est_wire::pem::decode(response.csr.as_bytes())
-                .map_err(|e| crate::error::EstError::BadRequest(format!("CSR is not PEM: {e}")))?;
+                .map_err(|e| EstError::BadRequest(format!("CSR is not PEM: {e}")))?;
             let csr = Csr::from_der(&der)?;
             self.state.enroll.renew_for_rotation(label, old, csr).await
         }
@@ -674,6 +675,22 @@ impl Orchestrator {
         let enrolled = match issued {
             Ok(enrolled) => enrolled,
             Err(e) => {
+                // Every server receives every device message, so another
+                // one may have issued for this same CSR a moment ago (the
+                // predecessor is no longer active) or be issuing now (a
+                // conflict). The record is then that server's to write:
+                // saving the copy read above would undo its `Issued`.
+                let moved_on = matches!(e, EstError::Conflict { .. })
+                    || registry
+                        .find_by_serial(&rotation.serial)
+                        .await?
+                        .is_none_or(|old| old.state != CertState::Active)
+                    || registry.rotation(client_id).await?.as_ref() != Some(&rotation);
+                if moved_on {
+                    self.state.metrics.rotation_event("duplicate");
+                    tracing::info!(client_id, serial = %rotation.serial, reason = %e, "rotation: csr_res handled by another server or request");
+                    return Ok(());
+                }
                 // The device may answer again; the record keeps the reason.
                 rotation.last_error = Some(e.to_string());
                 rotation.updated_at = unix_now();
