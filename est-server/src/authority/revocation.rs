@@ -50,6 +50,55 @@ struct Cached {
     signed: Instant,
 }
 
+/// Signed answers to nonce-less questions, reused while the status they
+/// give still holds and they are young enough. Bounded: at `capacity`
+/// entries it is emptied before the next one goes in (a flood of distinct
+/// questions costs signatures, never memory).
+struct AnswerCache {
+    entries: HashMap<Vec<u8>, Cached>,
+    capacity: usize,
+}
+
+impl AnswerCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            capacity,
+        }
+    }
+
+    /// The answer kept for `key`, if it gave `status` less than `max_age` ago.
+    fn get(&self, key: &[u8], status: Status, max_age: Duration) -> Option<Vec<u8>> {
+        self.entries
+            .get(key)
+            .filter(|c| c.status == status && c.signed.elapsed() < max_age)
+            .map(|c| c.der.clone())
+    }
+
+    fn put(&mut self, key: Vec<u8>, status: Status, der: Vec<u8>) {
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+            self.entries.clear();
+        }
+        let signed = Instant::now();
+        self.entries.insert(
+            key,
+            Cached {
+                status,
+                der,
+                signed,
+            },
+        );
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
 /// The CRL and OCSP authority over every local CA of the server.
 pub struct Revocation {
     registry: Arc<dyn Registry>,
@@ -59,7 +108,7 @@ pub struct Revocation {
     /// nextUpdate − thisUpdate of OCSP answers.
     lifetime: Duration,
     delegated: tokio::sync::Mutex<HashMap<String, Arc<DelegatedResponder>>>,
-    cache: Mutex<HashMap<Vec<u8>, Cached>>,
+    cache: Mutex<AnswerCache>,
 }
 
 impl std::fmt::Debug for Revocation {
@@ -85,7 +134,7 @@ impl Revocation {
             signer,
             lifetime,
             delegated: Default::default(),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(AnswerCache::new(CACHE_ENTRIES)),
         }
     }
 
@@ -125,10 +174,8 @@ impl Revocation {
         let key = query.cache_key();
         if let Some(key) = &key {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(cached) = cache.get(key) {
-                if cached.status == statuses[0] && cached.signed.elapsed() < self.lifetime / 10 {
-                    return Ok(cached.der.clone());
-                }
+            if let Some(der) = cache.get(key, statuses[0], self.lifetime / 10) {
+                return Ok(der);
             }
         }
         let delegated = self.delegated_for(name, ca).await?;
@@ -136,18 +183,10 @@ impl Revocation {
             .ocsp_response(&query, &statuses, self.lifetime, delegated.as_deref())
             .await?;
         if let Some(key) = key {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.len() >= CACHE_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(
-                key,
-                Cached {
-                    status: statuses[0],
-                    der: der.clone(),
-                    signed: Instant::now(),
-                },
-            );
+            self.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .put(key, statuses[0], der.clone());
         }
         Ok(der)
     }
@@ -341,4 +380,38 @@ pub async fn keep_crl_files(
 /// The revocations now, as [`keep_crl_files`] compares them.
 pub async fn snapshot(registry: &dyn Registry) -> Result<Vec<(String, SystemTime)>, EstError> {
     revocations(registry).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AGE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn the_answer_cache_reuses_only_a_matching_status() {
+        let mut cache = AnswerCache::new(4);
+        cache.put(b"q".to_vec(), Status::Good, b"signed".to_vec());
+        assert_eq!(cache.get(b"q", Status::Good, AGE), Some(b"signed".to_vec()));
+        assert_eq!(cache.get(b"q", Status::Unknown, AGE), None);
+        assert_eq!(cache.get(b"q", Status::Good, Duration::ZERO), None);
+        assert_eq!(cache.get(b"other", Status::Good, AGE), None);
+    }
+
+    #[test]
+    fn the_answer_cache_never_grows_past_its_bound() {
+        let mut cache = AnswerCache::new(3);
+        for n in 0..10u8 {
+            cache.put(vec![n], Status::Good, vec![n]);
+            assert!(cache.len() <= 3, "{} entries after {n}", cache.len());
+            assert_eq!(cache.get(&[n], Status::Good, AGE), Some(vec![n]));
+        }
+        // Replacing a kept answer at the bound keeps the others.
+        let mut cache = AnswerCache::new(2);
+        cache.put(vec![1], Status::Good, vec![1]);
+        cache.put(vec![2], Status::Good, vec![2]);
+        cache.put(vec![2], Status::Unknown, vec![3]);
+        assert_eq!(cache.get(&[1], Status::Good, AGE), Some(vec![1]));
+        assert_eq!(cache.get(&[2], Status::Unknown, AGE), Some(vec![3]));
+    }
 }
