@@ -205,9 +205,37 @@ pub mod duration_text {
             .map_err(|e| format!("`{text}` is not a duration like 30d, 12h, 5m or 90s: {e}"))
     }
 
+    /// Writes a duration as the config would: `60d`, `12h`, `5m` or `90s`
+    /// when whole, else humantime's longer form.
+    pub fn format(duration: Duration) -> String {
+        let secs = duration.as_secs();
+        if duration.subsec_nanos() != 0 || secs == 0 {
+            return humantime::format_duration(duration).to_string();
+        }
+        [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")]
+            .iter()
+            .find(|(unit, _)| secs.is_multiple_of(*unit))
+            .map(|(unit, name)| format!("{}{name}", secs / unit))
+            .unwrap_or_default()
+    }
+
     /// Deserializes a duration from text.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_text::{format, parse};
+    use std::time::Duration;
+
+    #[test]
+    fn durations_are_written_as_the_config_writes_them() {
+        for text in ["60d", "12h", "5m", "90s"] {
+            assert_eq!(format(parse(text).unwrap()), text);
+        }
+        assert_eq!(format(Duration::from_millis(1500)), "1s 500ms");
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ca_backends::local::{LocalCa, LocalCaBackend, LocalCaOptions};
+use ca_backends::profile::duration_text;
 use ca_backends::CaBackend;
 use tokio::net::TcpListener;
 
@@ -336,6 +337,7 @@ pub async fn run(
         });
     }
     if let Some(rotation) = config.rotation.clone().filter(|r| r.enabled) {
+        warn_short_profiles(&state, rotation.expiring_within);
         // Fails now (not in the background) when no certificate can be had.
         crate::rotation::mqtt::client_pair(&rotation, &ca, &config.ca.dir).await?;
         let trust = broker_trust(&rotation, &ca)?;
@@ -362,6 +364,24 @@ pub async fn run(
     crate::frontend::http::serve(state, listener, tls.server_config, shutdown).await;
     tracing::info!("EST server stopped");
     Ok(())
+}
+
+/// Warns about every profile whose certificates live no longer than the
+/// rotation window: each certificate it issues is due at once, so devices
+/// would be rotated over and over.
+fn warn_short_profiles(state: &AppState, window: std::time::Duration) {
+    let mut warned = std::collections::BTreeSet::new();
+    for variant in state.labels.values().flat_map(|l| &l.variants) {
+        if variant.profile.validity <= window && warned.insert(variant.profile_name.clone()) {
+            tracing::warn!(
+                profile = %variant.profile_name,
+                validity = %duration_text::format(variant.profile.validity),
+                expiring_within = %duration_text::format(window),
+                "rotation.expiring_within is not shorter than this profile's validity: \
+                 every certificate it issues is due for rotation at once"
+            );
+        }
+    }
 }
 
 /// PEM trust anchors for the MQTT broker: `broker_ca`, or the local CA chain.

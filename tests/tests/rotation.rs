@@ -26,6 +26,27 @@ fn rotation_server(broker_port: u16, window: &str, extra: &str) -> Server {
     Server::start_with(&config, None)
 }
 
+/// What the server warns when a profile's certificates are due at once.
+const SHORT_PROFILE: &str = "rotation.expiring_within is not shorter than this profile's validity";
+
+/// A window as long as a profile's validity would rotate every certificate
+/// it issues at once: the server says so at start, naming the profile.
+#[test]
+fn a_window_longer_than_a_profile_is_warned_about() {
+    let server = rotation_server(Mosquitto::free_port(), "60d", "");
+    let log = strip_ansi(&server.log());
+    let warning = log
+        .lines()
+        .find(|l| l.contains(SHORT_PROFILE))
+        .unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(
+        warning.contains("profile=device")
+            && warning.contains("validity=30d")
+            && warning.contains("expiring_within=60d"),
+        "{warning}"
+    );
+}
+
 /// Server and broker, with the orchestrator connected.
 fn setup(window: &str, extra: &str) -> (Server, Mosquitto) {
     let port = Mosquitto::free_port();
@@ -107,6 +128,7 @@ fn metric(metrics: &str, series: &str) -> f64 {
 #[test]
 fn rotation_round_trip_on_demand_retires_the_old_certificate() {
     let (server, broker) = setup("1d", "");
+    assert!(!server.log().contains(SHORT_PROFILE), "{}", server.log());
     let dir = tempfile::tempdir().unwrap();
     let config = device(&server, &broker, dir.path(), "rot-1", "");
     let old = hex_serial(dir.path());
@@ -595,4 +617,22 @@ fn broker_outage_does_not_count_attempts() {
         server.log(),
         broker.log()
     );
+}
+
+/// `text` without the terminal colour sequences the server's log carries.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

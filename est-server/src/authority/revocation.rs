@@ -94,6 +94,7 @@ impl AnswerCache {
         self.entries.clear();
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.len()
     }
