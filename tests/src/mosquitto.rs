@@ -127,7 +127,7 @@ impl Mosquitto {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start mosquitto");
-        let broker = Self {
+        let mut broker = Self {
             port,
             conf,
             child,
@@ -135,13 +135,32 @@ impl Mosquitto {
             log,
         };
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            // Exited: the port was taken meanwhile (someone else would
+            // answer on it), or the configuration was refused.
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                panic!(
+                    "mosquitto exited ({status}) on port {port}: {}",
+                    broker.log()
+                );
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(15),
                 "mosquitto did not start: {}",
                 broker.log()
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+        // Listening, and still ours.
+        std::thread::sleep(Duration::from_millis(50));
+        if let Ok(Some(status)) = broker.child.try_wait() {
+            panic!(
+                "mosquitto exited ({status}) on port {port}: {}",
+                broker.log()
+            );
         }
         broker
     }
