@@ -1375,12 +1375,6 @@ fn the_server_that_loses_a_csr_race_leaves_the_record_alone() {
         written_back.is_empty(),
         "the server that lost the race wrote the record:\n{written_back}\nLEADER {leader_log}\nFOLLOWER {follower_log}"
     );
-    for log in [&leader_log, &follower_log] {
-        assert!(
-            !log.contains("does not match the rotation"),
-            "a crt_ack was refused:\n{log}"
-        );
-    }
     for (device, acker) in threads {
         let _ = acker.join();
         let _ = device.join();
