@@ -454,7 +454,92 @@ async fn suite(registry: Arc<dyn Registry>, label: &'static str) {
         })
         .await
         .unwrap();
-    assert_eq!(registry.rotation("dev-b").await.unwrap(), Some(rotation));
+    assert_eq!(
+        registry.rotation("dev-b").await.unwrap(),
+        Some(rotation.clone())
+    );
+
+    // A conditional replacement writes only over the record as read: two
+    // servers handling one device message cannot undo each other.
+    let read = rotation.clone();
+    let issued = Rotation {
+        state: RotationState::Issued,
+        last_error: None,
+        new_serial: Some("r3".into()),
+        updated_at: 11,
+        ..read.clone()
+    };
+    assert!(registry
+        .replace_rotation(&read, issued.clone())
+        .await
+        .unwrap());
+    let stale = Rotation {
+        last_error: Some("lost a race".into()),
+        ..read.clone()
+    };
+    assert!(!registry.replace_rotation(&read, stale).await.unwrap());
+    assert_eq!(
+        registry.rotation("dev-b").await.unwrap(),
+        Some(issued.clone())
+    );
+    // Absent fields compare too (none → some, some → none), and a record
+    // that does not exist is never created.
+    let acknowledged = Rotation {
+        state: RotationState::Acknowledged,
+        updated_at: 12,
+        ..issued.clone()
+    };
+    assert!(!registry
+        .replace_rotation(
+            &Rotation {
+                new_serial: None,
+                ..issued.clone()
+            },
+            acknowledged.clone()
+        )
+        .await
+        .unwrap());
+    assert!(registry
+        .replace_rotation(&issued, acknowledged.clone())
+        .await
+        .unwrap());
+    let requested = Rotation {
+        serial: "r3".into(),
+        state: RotationState::Requested,
+        new_serial: None,
+        last_error: None,
+        updated_at: 13,
+        ..acknowledged.clone()
+    };
+    assert!(registry
+        .replace_rotation(&acknowledged, requested.clone())
+        .await
+        .unwrap());
+    assert!(!registry
+        .replace_rotation(
+            &Rotation {
+                last_error: Some("x".into()),
+                ..requested.clone()
+            },
+            rotation.clone()
+        )
+        .await
+        .unwrap());
+    assert!(!registry
+        .replace_rotation(
+            &Rotation {
+                client_id: "dev-none".into(),
+                ..requested.clone()
+            },
+            Rotation {
+                client_id: "dev-none".into(),
+                ..requested.clone()
+            }
+        )
+        .await
+        .unwrap());
+    assert!(registry.rotation("dev-none").await.unwrap().is_none());
+    registry.save_rotation(rotation.clone()).await.unwrap();
     let all = registry.list_rotations(10).await.unwrap();
     assert_eq!(
         all.iter().map(|r| r.client_id.as_str()).collect::<Vec<_>>(),

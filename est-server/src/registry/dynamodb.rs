@@ -1035,29 +1035,62 @@ impl Registry for DynamoDbRegistry {
     }
 
     async fn save_rotation(&self, rotation: Rotation) -> Result<(), RegistryError> {
-        let mut item = Item::new();
-        item.insert("pk".into(), s(format!("rotation#{}", rotation.client_id)));
-        item.insert("client_id".into(), s(&rotation.client_id));
-        item.insert("serial".into(), s(&rotation.serial));
-        item.insert("state".into(), s(rotation.state.as_str()));
-        item.insert("attempts".into(), n(rotation.attempts.into()));
-        if let Some(error) = &rotation.last_error {
-            item.insert("last_error".into(), s(error));
-        }
-        if let Some(serial) = &rotation.new_serial {
-            item.insert("new_serial".into(), s(serial));
-        }
-        item.insert("requested_at".into(), n(rotation.requested_at));
-        item.insert("updated_at".into(), n(rotation.updated_at));
-        item.insert("next_attempt_at".into(), n(rotation.next_attempt_at));
         self.client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(item))
+            .set_item(Some(rotation_item(&rotation)))
             .send()
             .await
             .map_err(|e| sdk("PutItem", e))?;
         Ok(())
+    }
+
+    async fn replace_rotation(
+        &self,
+        expected: &Rotation,
+        rotation: Rotation,
+    ) -> Result<bool, RegistryError> {
+        let mut condition = "#serial = :serial AND #st = :state AND #attempts = :attempts \
+            AND #requested = :requested AND #updated = :updated AND #next = :next"
+            .to_owned();
+        let mut request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(rotation_item(&rotation)))
+            .expression_attribute_names("#serial", "serial")
+            .expression_attribute_names("#st", "state")
+            .expression_attribute_names("#attempts", "attempts")
+            .expression_attribute_names("#requested", "requested_at")
+            .expression_attribute_names("#updated", "updated_at")
+            .expression_attribute_names("#next", "next_attempt_at")
+            .expression_attribute_names("#error", "last_error")
+            .expression_attribute_names("#new", "new_serial")
+            .expression_attribute_values(":serial", s(&expected.serial))
+            .expression_attribute_values(":state", s(expected.state.as_str()))
+            .expression_attribute_values(":attempts", n(expected.attempts.into()))
+            .expression_attribute_values(":requested", n(expected.requested_at))
+            .expression_attribute_values(":updated", n(expected.updated_at))
+            .expression_attribute_values(":next", n(expected.next_attempt_at));
+        match &expected.last_error {
+            Some(error) => {
+                condition.push_str(" AND #error = :error");
+                request = request.expression_attribute_values(":error", s(error));
+            }
+            None => condition.push_str(" AND attribute_not_exists(#error)"),
+        }
+        match &expected.new_serial {
+            Some(serial) => {
+                condition.push_str(" AND #new = :new");
+                request = request.expression_attribute_values(":new", s(serial));
+            }
+            None => condition.push_str(" AND attribute_not_exists(#new)"),
+        }
+        match request.condition_expression(condition).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(sdk("PutItem", e)),
+        }
     }
 
     async fn list_rotations(&self, limit: usize) -> Result<Vec<Rotation>, RegistryError> {
@@ -1228,4 +1261,24 @@ where
 
 fn build(error: aws_sdk_dynamodb::error::BuildError) -> RegistryError {
     RegistryError::Database(format!("DynamoDB request: {error}"))
+}
+
+/// The item that stores `rotation`.
+fn rotation_item(rotation: &Rotation) -> Item {
+    let mut item = Item::new();
+    item.insert("pk".into(), s(format!("rotation#{}", rotation.client_id)));
+    item.insert("client_id".into(), s(&rotation.client_id));
+    item.insert("serial".into(), s(&rotation.serial));
+    item.insert("state".into(), s(rotation.state.as_str()));
+    item.insert("attempts".into(), n(rotation.attempts.into()));
+    if let Some(error) = &rotation.last_error {
+        item.insert("last_error".into(), s(error));
+    }
+    if let Some(serial) = &rotation.new_serial {
+        item.insert("new_serial".into(), s(serial));
+    }
+    item.insert("requested_at".into(), n(rotation.requested_at));
+    item.insert("updated_at".into(), n(rotation.updated_at));
+    item.insert("next_attempt_at".into(), n(rotation.next_attempt_at));
+    item
 }

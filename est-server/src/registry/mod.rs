@@ -555,6 +555,15 @@ pub trait Registry: Send + Sync {
     /// Creates or replaces the rotation record of `rotation.client_id`.
     async fn save_rotation(&self, rotation: Rotation) -> Result<(), RegistryError>;
 
+    /// Replaces the rotation record of `rotation.client_id` only while it is
+    /// still `expected` (every field as read): `false`, and nothing written,
+    /// when another server or command changed it meanwhile.
+    async fn replace_rotation(
+        &self,
+        expected: &Rotation,
+        rotation: Rotation,
+    ) -> Result<bool, RegistryError>;
+
     /// Rotation records ordered by client id, at most `limit`.
     async fn list_rotations(&self, limit: usize) -> Result<Vec<Rotation>, RegistryError>;
 

@@ -893,6 +893,38 @@ impl Registry for PostgresRegistry {
         .map(drop)
     }
 
+    async fn replace_rotation(
+        &self,
+        expected: &Rotation,
+        rotation: Rotation,
+    ) -> Result<bool, RegistryError> {
+        let changed = self
+            .exec(
+                REPLACE_ROTATION,
+                &[
+                    &rotation.client_id,
+                    &rotation.serial,
+                    &rotation.state.as_str(),
+                    &i64::from(rotation.attempts),
+                    &rotation.last_error,
+                    &rotation.new_serial,
+                    &rotation.requested_at,
+                    &rotation.updated_at,
+                    &rotation.next_attempt_at,
+                    &expected.serial,
+                    &expected.state.as_str(),
+                    &i64::from(expected.attempts),
+                    &expected.last_error,
+                    &expected.new_serial,
+                    &expected.requested_at,
+                    &expected.updated_at,
+                    &expected.next_attempt_at,
+                ],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
     async fn list_rotations(&self, limit: usize) -> Result<Vec<Rotation>, RegistryError> {
         self.rotations("ORDER BY client_id LIMIT ?1", &[&sql_limit(limit)])
             .await

@@ -130,6 +130,15 @@ pub(super) const SAVE_ROTATION: &str = "INSERT INTO rotations (client_id, serial
         attempts = excluded.attempts, last_error = excluded.last_error,
         new_serial = excluded.new_serial, requested_at = excluded.requested_at,
         updated_at = excluded.updated_at, next_attempt_at = excluded.next_attempt_at";
+/// Replaces a rotation record (?1–?9 as for [`SAVE_ROTATION`]) only while
+/// it still holds the values read (?10–?17).
+pub(super) const REPLACE_ROTATION: &str = "UPDATE rotations SET serial = ?2, state = ?3,
+        attempts = ?4, last_error = ?5, new_serial = ?6, requested_at = ?7,
+        updated_at = ?8, next_attempt_at = ?9
+    WHERE client_id = ?1 AND serial = ?10 AND state = ?11 AND attempts = ?12
+      AND (last_error = ?13 OR (last_error IS NULL AND ?13 IS NULL))
+      AND (new_serial = ?14 OR (new_serial IS NULL AND ?14 IS NULL))
+      AND requested_at = ?15 AND updated_at = ?16 AND next_attempt_at = ?17";
 /// Takes or renews a lease: ?1 name, ?2 holder, ?3 new end, ?4 now.
 pub(super) const ACQUIRE_LEASE: &str = "INSERT INTO leases (name, holder, expires_at)
     VALUES (?1, ?2, ?3)

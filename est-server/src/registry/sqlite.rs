@@ -986,6 +986,42 @@ impl Registry for SqliteRegistry {
         .await
     }
 
+    async fn replace_rotation(
+        &self,
+        expected: &Rotation,
+        rotation: Rotation,
+    ) -> Result<bool, RegistryError> {
+        let expected = expected.clone();
+        self.write(move |conn| {
+            let changed = exec(
+                conn,
+                REPLACE_ROTATION,
+                params![
+                    rotation.client_id,
+                    rotation.serial,
+                    rotation.state.as_str(),
+                    rotation.attempts,
+                    rotation.last_error,
+                    rotation.new_serial,
+                    rotation.requested_at,
+                    rotation.updated_at,
+                    rotation.next_attempt_at,
+                    expected.serial,
+                    expected.state.as_str(),
+                    expected.attempts,
+                    expected.last_error,
+                    expected.new_serial,
+                    expected.requested_at,
+                    expected.updated_at,
+                    expected.next_attempt_at,
+                ],
+            )
+            .map_err(db)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
     async fn list_rotations(&self, limit: usize) -> Result<Vec<Rotation>, RegistryError> {
         self.with(move |conn| {
             let mut statement = conn
