@@ -154,7 +154,20 @@ impl Auditor<'_> {
                 updated_at: now,
                 next_attempt_at: now,
             };
-            self.registry.save_rotation(rotation.clone()).await?;
+            match previous {
+                // Another server may handle a device message for this record
+                // meanwhile: write only over the record decided on.
+                Some(previous) => {
+                    if !self
+                        .registry
+                        .replace_rotation(previous, rotation.clone())
+                        .await?
+                    {
+                        continue;
+                    }
+                }
+                None => self.registry.save_rotation(rotation.clone()).await?,
+            }
             let request = CsrRequest {
                 serial: record.certificate.serial.clone(),
                 not_after: rfc3339(record.certificate.not_after),
@@ -316,13 +329,16 @@ pub async fn confirmed_audit(
             Some(locks) => Some(locks.lock(&id).await),
             None => None,
         };
-        if let Some(mut rotation) = registry.rotation(&id).await? {
-            if rotation.state == RotationState::Requested {
+        if let Some(read) = registry.rotation(&id).await? {
+            if read.state == RotationState::Requested {
+                let mut rotation = read.clone();
                 rotation.attempts += 1;
                 rotation.updated_at = now;
                 rotation.next_attempt_at =
                     audit::next_attempt_at(now, rotation.attempts, config.retry_after);
-                registry.save_rotation(rotation).await?;
+                // Unchanged unless the device's answer, handled by another
+                // server, moved the record on meanwhile: that one stands.
+                registry.replace_rotation(&read, rotation).await?;
             }
         }
         confirmed.push(id);
@@ -600,9 +616,10 @@ impl Orchestrator {
         for rotation in audit::unacknowledged(&rotations, now) {
             let _guard = self.locks.lock(&rotation.client_id).await;
             // Re-read under the lock: the device may have answered meanwhile.
-            let Some(mut rotation) = registry.rotation(&rotation.client_id).await? else {
+            let Some(read) = registry.rotation(&rotation.client_id).await? else {
                 continue;
             };
+            let mut rotation = read.clone();
             if rotation.state != RotationState::Issued || rotation.next_attempt_at > now {
                 continue;
             }
@@ -616,7 +633,9 @@ impl Orchestrator {
             rotation.updated_at = now;
             rotation.next_attempt_at =
                 audit::next_attempt_at(now, rotation.attempts, self.config.retry_after);
-            registry.save_rotation(rotation.clone()).await?;
+            if !registry.replace_rotation(&read, rotation.clone()).await? {
+                continue; // acknowledged (or moved on) through another server meanwhile
+            }
             self.send_certificate(&rotation.client_id, &successor)
                 .await?;
             self.state.metrics.rotation_event("resent");
@@ -680,21 +699,23 @@ impl Orchestrator {
                 // predecessor is no longer active) or be issuing now (a
                 // conflict). The record is then that server's to write:
                 // saving the copy read above would undo its `Issued`.
+                let read = rotation.clone();
                 let moved_on = matches!(e, EstError::Conflict { .. })
                     || registry
                         .find_by_serial(&rotation.serial)
                         .await?
                         .is_none_or(|old| old.state != CertState::Active)
-                    || registry.rotation(client_id).await?.as_ref() != Some(&rotation);
+                    || {
+                        // The device may answer again; the record keeps the
+                        // reason unless it changed since it was read.
+                        rotation.last_error = Some(e.to_string());
+                        rotation.updated_at = unix_now();
+                        !registry.replace_rotation(&read, rotation).await?
+                    };
                 if moved_on {
-                    self.state.metrics.rotation_event("duplicate");
-                    tracing::info!(client_id, serial = %rotation.serial, reason = %e, "rotation: csr_res handled by another server or request");
+                    self.duplicate(client_id, "csr_res", &e.to_string());
                     return Ok(());
                 }
-                // The device may answer again; the record keeps the reason.
-                rotation.last_error = Some(e.to_string());
-                rotation.updated_at = unix_now();
-                registry.save_rotation(rotation).await?;
                 anyhow::bail!("CSR refused: {e}");
             }
         };
@@ -713,6 +734,18 @@ impl Orchestrator {
         self.state.metrics.rotation_event("issued");
         tracing::info!(client_id, serial = %enrolled.serial, renewed = ?enrolled.renewed, "rotation: successor issued and sent");
         Ok(())
+    }
+
+    /// A device message another server (or request) already handled: the
+    /// rotation record is left to it.
+    fn duplicate(&self, client_id: &str, step: &str, reason: &str) {
+        self.state.metrics.rotation_event("duplicate");
+        tracing::info!(
+            client_id,
+            step,
+            reason,
+            "rotation: {step} handled by another server or request"
+        );
     }
 
     /// `crt_ack`: the device uses the successor; retire the predecessor now.
@@ -758,11 +791,21 @@ impl Orchestrator {
             }
         }
         let now = unix_now();
+        let read = rotation.clone();
         rotation.state = RotationState::Acknowledged;
         rotation.last_error = None;
         rotation.updated_at = now;
         let took = now - rotation.requested_at;
-        registry.save_rotation(rotation).await?;
+        if !registry.replace_rotation(&read, rotation).await? {
+            // Another server recorded this acknowledgement (or the record
+            // moved on); the retirement above is the same either way.
+            self.duplicate(
+                client_id,
+                "crt_ack",
+                "the rotation record changed meanwhile",
+            );
+            return Ok(());
+        }
         self.state.metrics.rotation_event("acknowledged");
         tracing::info!(client_id, serial = %ack.serial, seconds = took, "rotation complete: device acknowledged, predecessor retired");
         Ok(())
@@ -794,12 +837,21 @@ impl Orchestrator {
         }
         let now = unix_now();
         let error: String = report.error.chars().take(500).collect();
+        let read = rotation.clone();
         rotation.state = RotationState::Failed;
         rotation.last_error = Some(error.clone());
         rotation.updated_at = now;
         rotation.next_attempt_at =
             audit::next_attempt_at(now, rotation.attempts, self.config.retry_after);
-        registry.save_rotation(rotation.clone()).await?;
+        if !registry.replace_rotation(&read, rotation.clone()).await? {
+            // Another server recorded this report (and notifies).
+            self.duplicate(
+                client_id,
+                "crt_err",
+                "the rotation record changed meanwhile",
+            );
+            return Ok(());
+        }
         self.state.metrics.rotation_event("failed");
         tracing::warn!(client_id, serial = %rotation.serial, error = %error, attempts = rotation.attempts, "rotation failed on the device; the old certificate stays active");
         if let Some(webhook) = &self.webhook {
