@@ -13,6 +13,7 @@ pub mod net;
 pub mod postgres;
 pub mod raw;
 pub mod softhsm;
+pub mod webhook;
 
 pub use device::*;
 pub use kms_proxy::KmsProxy;

@@ -628,11 +628,16 @@ fn one_server_leads_the_rotation_audit() {
 /// once one of them leads and both are connected: `(leader, follower, broker)`.
 /// Device certificates live 30 days: the 60-day window asks at once.
 fn rotation_pair(url: &str) -> (Server, Server, Mosquitto) {
+    rotation_pair_with(url, "")
+}
+
+/// [`rotation_pair`] with `extra` `[rotation]` settings on both servers.
+fn rotation_pair_with(url: &str, extra: &str) -> (Server, Server, Mosquitto) {
     let broker_port = Mosquitto::free_port();
     let rotation = |id: &str| {
         format!(
             "[rotation]\nenabled = true\nbroker = \"127.0.0.1:{broker_port}\"\nclient_id = \"{id}\"\n\
-             expiring_within = \"60d\"\naudit_interval = \"1s\"\nretry_after = \"2s\"\n"
+             expiring_within = \"60d\"\naudit_interval = \"1s\"\nretry_after = \"2s\"\n{extra}"
         )
     };
     let first = fleet_server_with(url, None, &rotation("orch-a"));
@@ -1028,8 +1033,22 @@ enum DeviceEvent {
     Certificate(String),
 }
 
+/// What the test tells the fake device to answer to a `crt_res`.
+enum DeviceReply {
+    /// `crt_ack` for this serial.
+    Ack(String),
+    /// `crt_err` with this error, keeping the old certificate.
+    Reject(String),
+}
+
+impl From<String> for DeviceReply {
+    fn from(serial: String) -> Self {
+        Self::Ack(serial)
+    }
+}
+
 /// A device that answers `csr_req` with `csr_pem` and reports every
-/// `crt_res`; it acknowledges only once told to (`ack` receives the serial).
+/// `crt_res`; it acknowledges (or rejects) only once told to by `ack`.
 fn fake_device(
     port: u16,
     dir: &Path,
@@ -1037,7 +1056,7 @@ fn fake_device(
     client_id: &str,
     csr_pem: String,
     events: std::sync::mpsc::Sender<DeviceEvent>,
-    ack: std::sync::mpsc::Receiver<String>,
+    ack: std::sync::mpsc::Receiver<DeviceReply>,
 ) -> std::thread::JoinHandle<()> {
     let (cert, key, ca, id) = (
         dir.join("device.pem"),
@@ -1084,11 +1103,22 @@ fn fake_device(
             let until = Instant::now() + Duration::from_secs(150);
             while Instant::now() < until {
                 match ack.try_recv() {
-                    Ok(serial) => {
-                        let ack = est_wire::rotation::CertificateAck { serial };
-                        let body = serde_json::to_vec(&ack).unwrap();
+                    Ok(reply) => {
+                        let (step, body) = match reply {
+                            DeviceReply::Ack(serial) => (
+                                "crt_ack",
+                                serde_json::to_vec(&est_wire::rotation::CertificateAck { serial }),
+                            ),
+                            DeviceReply::Reject(error) => (
+                                "crt_err",
+                                serde_json::to_vec(&est_wire::rotation::CertificateError {
+                                    error,
+                                    serial: None,
+                                }),
+                            ),
+                        };
                         client
-                            .publish(topic("crt_ack"), rumqttc::QoS::AtLeastOnce, false, body)
+                            .publish(topic(step), rumqttc::QoS::AtLeastOnce, false, body.unwrap())
                             .await
                             .unwrap();
                     }
@@ -1214,7 +1244,7 @@ fn an_unacknowledged_certificate_is_sent_again_by_the_next_leader() {
         "certificate sent again {:?} after the leader was killed",
         killed.elapsed()
     );
-    ack.send(new.clone()).unwrap();
+    ack.send(new.clone().into()).unwrap();
     // (With this test's 60-day window the new certificate is itself due at
     // once, so the record may move on to its rotation right after.)
     assert!(
@@ -1317,7 +1347,7 @@ fn the_server_that_loses_a_csr_race_leaves_the_record_alone() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match events.recv_timeout(Duration::from_millis(200)) {
                     Ok(DeviceEvent::Certificate(serial)) => {
-                        if ack.send(serial).is_err() {
+                        if ack.send(serial.into()).is_err() {
                             break;
                         }
                     }
@@ -1379,4 +1409,120 @@ fn the_server_that_loses_a_csr_race_leaves_the_record_alone() {
         let _ = acker.join();
         let _ = device.join();
     }
+}
+
+/// A device's `crt_err` reaches both servers; the operator's webhook hears
+/// of it once. The test holds the certificates table until both servers
+/// wait at it (each has read the record and is reinstating the old
+/// certificate), so both finish together and only the conditional write
+/// of the rotation record decides which one reports.
+#[test]
+fn a_rejected_certificate_is_reported_once_by_two_servers() {
+    let pg = Postgres::start();
+    let url = pg.create_database("rejected");
+    let (hook_port, hook) = est_e2e::webhook::webhook_receiver();
+    let (leader, follower, broker) = rotation_pair_with(
+        &url,
+        &format!("webhook = \"http://127.0.0.1:{hook_port}/rotation\"\n"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    enroll(&follower, dir.path(), Some("iot"), "rot-rejects");
+    let old = serial(dir.path())
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
+    let key = dir.path().join("next.key").display().to_string();
+    let csr_pem = String::from_utf8(openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-subj",
+        "/CN=rot-rejects",
+        "-addext",
+        "subjectAltName=DNS:rot-rejects.example",
+    ]))
+    .unwrap();
+    let (events_tx, events) = std::sync::mpsc::channel();
+    let (reply, reply_rx) = std::sync::mpsc::channel();
+    let device = fake_device(
+        broker.port,
+        dir.path(),
+        &follower.ca_pem(),
+        "rot-rejects",
+        csr_pem,
+        events_tx,
+        reply_rx,
+    );
+    let Ok(DeviceEvent::Certificate(new)) = events.recv_timeout(Duration::from_secs(40)) else {
+        panic!(
+            "no crt_res: {:?}\nLEADER {}\nFOLLOWER {}",
+            rotation_of(&follower, "rot-rejects"),
+            leader.log(),
+            follower.log()
+        );
+    };
+    let lock = pg.hold(
+        "rejected",
+        "LOCK TABLE certificates IN SHARE ROW EXCLUSIVE MODE",
+    );
+    reply
+        .send(DeviceReply::Reject(
+            "the new certificate does not verify".into(),
+        ))
+        .unwrap();
+    let waiting = || {
+        pg.query(
+            "rejected",
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'certificates'::regclass",
+        )
+        .parse::<usize>()
+        .unwrap()
+    };
+    let both = wait_for(Duration::from_secs(30), || waiting() >= 2);
+    lock.release();
+    assert!(
+        both,
+        "both servers did not wait at the lock:\nLEADER {}\nFOLLOWER {}",
+        leader.log(),
+        follower.log()
+    );
+    // Every report for this successor, over a few seconds (the next
+    // attempt's successor, if any, has another serial).
+    let mut reports = Vec::new();
+    let until = Instant::now() + Duration::from_secs(8);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Ok(body) = hook.recv_timeout(left) else {
+            break;
+        };
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if report["newSerial"].as_str().map(str::to_ascii_lowercase) == Some(new.clone()) {
+            reports.push(report);
+        }
+    }
+    assert_eq!(
+        reports.len(),
+        1,
+        "{reports:?}\nLEADER {}\nFOLLOWER {}",
+        leader.log(),
+        follower.log()
+    );
+    assert_eq!(reports[0]["event"], "rotation_failed");
+    assert_eq!(reports[0]["error"], "the new certificate does not verify");
+    // The refused successor is taken back and the old certificate kept
+    // (the 60-day window may already have started the next attempt, which
+    // supersedes it again).
+    assert_eq!(state_of(&follower, &new), "revoked");
+    assert!(
+        ["active", "superseded"].contains(&state_of(&follower, &old).as_str()),
+        "{}",
+        state_of(&follower, &old)
+    );
+    drop(reply);
+    drop(events);
+    let _ = device.join();
 }

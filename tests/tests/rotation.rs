@@ -2,13 +2,12 @@
 //! `est-server serve`, `est-server rotate`, and the device agent in
 //! `est-client run`, end to end.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use est_e2e::mosquitto::{publish_as, ORCHESTRATOR};
+use est_e2e::webhook::webhook_receiver;
 use est_e2e::*;
 
 /// A server with the admin listener and the orchestrator on `broker_port`.
@@ -260,46 +259,6 @@ fn device_offline_during_csr_req_is_asked_again_when_back() {
     assert_ne!(hex_serial(dir.path()), old);
     assert_eq!(cert_state(&server, &old), "superseded+retired");
     stop(child);
-}
-
-/// Accepts one HTTP request on a local port and returns its body.
-fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        if let Ok((mut stream, _)) = listener.accept() {
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
-            let mut request = Vec::new();
-            let mut buffer = [0u8; 4096];
-            while let Ok(n) = stream.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                request.extend_from_slice(&buffer[..n]);
-                let text = String::from_utf8_lossy(&request);
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= length {
-                        let _ = stream
-                            .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
-                        let _ = sender.send(body.to_owned());
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    (port, receiver)
 }
 
 #[test]
