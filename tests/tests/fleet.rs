@@ -1033,6 +1033,44 @@ enum DeviceEvent {
     Certificate(String),
 }
 
+/// A PEM CSR for device `id` (its CN and DNS SAN as enrolled), the key in
+/// `dir/next.key`.
+fn next_csr(dir: &Path, id: &str) -> String {
+    let key = dir.join("next.key").display().to_string();
+    String::from_utf8(openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-subj",
+        &format!("/CN={id}"),
+        "-addext",
+        &format!("subjectAltName=DNS:{id}.example"),
+    ]))
+    .unwrap()
+}
+
+/// Blocks every write to the certificates table of database `name` until
+/// released: issuances and reinstatements wait at their first write.
+fn hold_certificates(pg: &Postgres, name: &str) -> est_e2e::postgres::Held {
+    pg.hold(name, "LOCK TABLE certificates IN SHARE ROW EXCLUSIVE MODE")
+}
+
+/// How many statements wait at the lock of [`hold_certificates`].
+fn waiting_at_certificates(pg: &Postgres, name: &str) -> usize {
+    pg.query(
+        name,
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'certificates'::regclass",
+    )
+    .parse()
+    .unwrap()
+}
+
 /// What the test tells the fake device to answer to a `crt_res`.
 enum DeviceReply {
     /// `crt_ack` for this serial.
@@ -1170,23 +1208,7 @@ fn an_unacknowledged_certificate_is_sent_again_by_the_next_leader() {
     let old = serial(dir.path())
         .trim_start_matches("serial=")
         .to_ascii_lowercase();
-    let key = dir.path().join("next.key").display().to_string();
-    let csr_pem = String::from_utf8(openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &key,
-        "-subj",
-        "/CN=rot-unacked",
-        "-addext",
-        "subjectAltName=DNS:rot-unacked.example",
-    ]))
-    .unwrap();
+    let csr_pem = next_csr(dir.path(), "rot-unacked");
     let (events_tx, events) = std::sync::mpsc::channel();
     let (ack, ack_rx) = std::sync::mpsc::channel();
     let device = fake_device(
@@ -1305,30 +1327,11 @@ fn the_server_that_loses_a_csr_race_leaves_the_record_alone() {
         );
         devices.push((id, dir));
     }
-    let lock = pg.hold(
-        "race",
-        "LOCK TABLE certificates IN SHARE ROW EXCLUSIVE MODE",
-    );
+    let lock = hold_certificates(&pg, "race");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut threads = Vec::new();
     for (id, dir) in &devices {
-        let key = dir.path().join("next.key").display().to_string();
-        let csr_pem = String::from_utf8(openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-subj",
-            &format!("/CN={id}"),
-            "-addext",
-            &format!("subjectAltName=DNS:{id}.example"),
-        ]))
-        .unwrap();
+        let csr_pem = next_csr(dir.path(), id);
         let (events_tx, events) = std::sync::mpsc::channel();
         let (ack, ack_rx) = std::sync::mpsc::channel();
         let device = fake_device(
@@ -1359,14 +1362,7 @@ fn the_server_that_loses_a_csr_race_leaves_the_record_alone() {
         threads.push((device, acker));
     }
     // Both servers wait at the lock for every device.
-    let waiting = || {
-        pg.query(
-            "race",
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'certificates'::regclass",
-        )
-        .parse::<usize>()
-        .unwrap()
-    };
+    let waiting = || waiting_at_certificates(&pg, "race");
     let both = wait_for(Duration::from_secs(40), || waiting() >= 2 * DEVICES);
     let seen = waiting();
     lock.release();
@@ -1430,23 +1426,7 @@ fn a_rejected_certificate_is_reported_once_by_two_servers() {
     let old = serial(dir.path())
         .trim_start_matches("serial=")
         .to_ascii_lowercase();
-    let key = dir.path().join("next.key").display().to_string();
-    let csr_pem = String::from_utf8(openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &key,
-        "-subj",
-        "/CN=rot-rejects",
-        "-addext",
-        "subjectAltName=DNS:rot-rejects.example",
-    ]))
-    .unwrap();
+    let csr_pem = next_csr(dir.path(), "rot-rejects");
     let (events_tx, events) = std::sync::mpsc::channel();
     let (reply, reply_rx) = std::sync::mpsc::channel();
     let device = fake_device(
@@ -1466,23 +1446,13 @@ fn a_rejected_certificate_is_reported_once_by_two_servers() {
             follower.log()
         );
     };
-    let lock = pg.hold(
-        "rejected",
-        "LOCK TABLE certificates IN SHARE ROW EXCLUSIVE MODE",
-    );
+    let lock = hold_certificates(&pg, "rejected");
     reply
         .send(DeviceReply::Reject(
             "the new certificate does not verify".into(),
         ))
         .unwrap();
-    let waiting = || {
-        pg.query(
-            "rejected",
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'certificates'::regclass",
-        )
-        .parse::<usize>()
-        .unwrap()
-    };
+    let waiting = || waiting_at_certificates(&pg, "rejected");
     let both = wait_for(Duration::from_secs(30), || waiting() >= 2);
     lock.release();
     assert!(
