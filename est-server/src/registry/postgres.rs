@@ -162,6 +162,32 @@ impl std::fmt::Debug for PostgresRegistry {
 }
 
 /// Rewrites SQLite's `?N` placeholders of the shared SQL to PostgreSQL's `$N`.
+/// A statement parameter owned by its caller.
+type Value = Box<dyn ToSql + Sync + Send>;
+
+/// The columns of [`ROTATION_COLUMNS`] for `rotation`, in order.
+fn rotation_values(rotation: &Rotation) -> Vec<Value> {
+    vec![
+        Box::new(rotation.client_id.clone()),
+        Box::new(rotation.serial.clone()),
+        Box::new(rotation.state.as_str().to_owned()),
+        Box::new(i64::from(rotation.attempts)),
+        Box::new(rotation.last_error.clone()),
+        Box::new(rotation.new_serial.clone()),
+        Box::new(rotation.requested_at),
+        Box::new(rotation.updated_at),
+        Box::new(rotation.next_attempt_at),
+    ]
+}
+
+/// `values` as the parameter list tokio-postgres takes.
+fn params_of(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    values
+        .iter()
+        .map(|v| v.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
 pub(super) fn numbered(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
@@ -875,22 +901,10 @@ impl Registry for PostgresRegistry {
     }
 
     async fn save_rotation(&self, rotation: Rotation) -> Result<(), RegistryError> {
-        self.exec(
-            SAVE_ROTATION,
-            &[
-                &rotation.client_id,
-                &rotation.serial,
-                &rotation.state.as_str(),
-                &i64::from(rotation.attempts),
-                &rotation.last_error,
-                &rotation.new_serial,
-                &rotation.requested_at,
-                &rotation.updated_at,
-                &rotation.next_attempt_at,
-            ],
-        )
-        .await
-        .map(drop)
+        let values = rotation_values(&rotation);
+        self.exec(SAVE_ROTATION, &params_of(&values))
+            .await
+            .map(drop)
     }
 
     async fn replace_rotation(
@@ -898,31 +912,12 @@ impl Registry for PostgresRegistry {
         expected: &Rotation,
         rotation: Rotation,
     ) -> Result<bool, RegistryError> {
-        let changed = self
-            .exec(
-                REPLACE_ROTATION,
-                &[
-                    &rotation.client_id,
-                    &rotation.serial,
-                    &rotation.state.as_str(),
-                    &i64::from(rotation.attempts),
-                    &rotation.last_error,
-                    &rotation.new_serial,
-                    &rotation.requested_at,
-                    &rotation.updated_at,
-                    &rotation.next_attempt_at,
-                    &expected.serial,
-                    &expected.state.as_str(),
-                    &i64::from(expected.attempts),
-                    &expected.last_error,
-                    &expected.new_serial,
-                    &expected.requested_at,
-                    &expected.updated_at,
-                    &expected.next_attempt_at,
-                ],
-            )
-            .await?;
-        Ok(changed == 1)
+        // $1–$9 the new record, $10–$17 the one read (its client id is $1).
+        let values: Vec<_> = rotation_values(&rotation)
+            .into_iter()
+            .chain(rotation_values(expected).into_iter().skip(1))
+            .collect();
+        Ok(self.exec(REPLACE_ROTATION, &params_of(&values)).await? == 1)
     }
 
     async fn list_rotations(&self, limit: usize) -> Result<Vec<Rotation>, RegistryError> {
