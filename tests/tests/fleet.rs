@@ -1036,23 +1036,15 @@ enum DeviceEvent {
 /// A PEM CSR for device `id` (its CN and DNS SAN as enrolled), the key in
 /// `dir/next.key`.
 fn next_csr(dir: &Path, id: &str) -> String {
-    let key = dir.join("next.key").display().to_string();
-    String::from_utf8(openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &key,
-        "-subj",
+    let csr = Csr::new(
+        dir,
+        "next",
+        KeyType::P256,
         &format!("/CN={id}"),
-        "-addext",
-        &format!("subjectAltName=DNS:{id}.example"),
-    ]))
-    .unwrap()
+        &[&format!("subjectAltName=DNS:{id}.example")],
+    );
+    let b64 = std::fs::read_to_string(&csr.b64).unwrap();
+    format!("-----BEGIN CERTIFICATE REQUEST-----\n{b64}-----END CERTIFICATE REQUEST-----\n")
 }
 
 /// Blocks every write to the certificates table of database `name` until
