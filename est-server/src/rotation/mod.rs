@@ -331,14 +331,21 @@ pub async fn confirmed_audit(
         };
         if let Some(read) = registry.rotation(&id).await? {
             if read.state == RotationState::Requested {
-                let mut rotation = read.clone();
-                rotation.attempts += 1;
-                rotation.updated_at = now;
-                rotation.next_attempt_at =
-                    audit::next_attempt_at(now, rotation.attempts, config.retry_after);
-                // Unchanged unless the device's answer, handled by another
-                // server, moved the record on meanwhile: that one stands.
-                registry.replace_rotation(&read, rotation).await?;
+                // Unless the device's answer, handled by another server,
+                // moved the record on meanwhile: that one stands.
+                let serial = read.serial.clone();
+                transition(
+                    registry,
+                    read,
+                    |fresh| fresh.state == RotationState::Requested && fresh.serial == serial,
+                    |r| {
+                        r.attempts += 1;
+                        r.updated_at = now;
+                        r.next_attempt_at =
+                            audit::next_attempt_at(now, r.attempts, config.retry_after);
+                    },
+                )
+                .await?;
             }
         }
         confirmed.push(id);
@@ -544,6 +551,45 @@ where
     }
 }
 
+/// Conditional writes of one transition before it counts as moved on.
+const TRANSITION_TRIES: usize = 5;
+
+/// Writes `change` applied to the record `read`, conditionally (see
+/// [`Registry::replace_rotation`]). When another writer changed the record
+/// meanwhile and `still` holds for the fresh copy (it only touched what this
+/// transition does not depend on, such as the attempt count), the change is
+/// applied to that copy and written again. `Some(written)`, or `None` when
+/// the record moved on: another server or request handled this step.
+async fn transition(
+    registry: &dyn crate::registry::Registry,
+    mut read: Rotation,
+    still: impl Fn(&Rotation) -> bool,
+    change: impl Fn(&mut Rotation),
+) -> Result<Option<Rotation>, crate::registry::RegistryError> {
+    for _ in 0..TRANSITION_TRIES {
+        let mut next = read.clone();
+        change(&mut next);
+        if registry.replace_rotation(&read, next.clone()).await? {
+            return Ok(Some(next));
+        }
+        match registry.rotation(&read.client_id).await? {
+            Some(fresh) if still(&fresh) => read = fresh,
+            _ => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `fresh` is still the rotation `read` was, in what a device
+/// message acts on: the same certificate, state and successor.
+fn same_step(read: &Rotation) -> impl Fn(&Rotation) -> bool + '_ {
+    move |fresh| {
+        fresh.serial == read.serial
+            && fresh.state == read.state
+            && fresh.new_serial == read.new_serial
+    }
+}
+
 impl Orchestrator {
     /// The current MQTT client (replaced when the orchestrator reconnects
     /// with a renewed certificate).
@@ -619,23 +665,31 @@ impl Orchestrator {
             let Some(read) = registry.rotation(&rotation.client_id).await? else {
                 continue;
             };
-            let mut rotation = read.clone();
-            if rotation.state != RotationState::Issued || rotation.next_attempt_at > now {
+            if read.state != RotationState::Issued || read.next_attempt_at > now {
                 continue;
             }
-            let Some(new_serial) = rotation.new_serial.clone() else {
+            let Some(new_serial) = read.new_serial.clone() else {
                 continue;
             };
-            let Some(successor) = registry.find_by_serial(&new_serial).await? else {
-                continue;
-            };
-            rotation.attempts += 1;
-            rotation.updated_at = now;
-            rotation.next_attempt_at =
-                audit::next_attempt_at(now, rotation.attempts, self.config.retry_after);
-            if !registry.replace_rotation(&read, rotation.clone()).await? {
+            let retry_after = self.config.retry_after;
+            let due = |fresh: &Rotation| same_step(&read)(fresh) && fresh.next_attempt_at <= now;
+            let Some(rotation) = transition(registry, read.clone(), due, |r| {
+                r.attempts += 1;
+                r.updated_at = now;
+                r.next_attempt_at = audit::next_attempt_at(now, r.attempts, retry_after);
+            })
+            .await?
+            else {
                 continue; // acknowledged (or moved on) through another server meanwhile
-            }
+            };
+            // Not a successor the device refused meanwhile (taken back).
+            let Some(successor) = registry
+                .find_by_serial(&new_serial)
+                .await?
+                .filter(|s| s.state == CertState::Active)
+            else {
+                continue;
+            };
             self.send_certificate(&rotation.client_id, &successor)
                 .await?;
             self.state.metrics.rotation_event("resent");
@@ -673,7 +727,7 @@ impl Orchestrator {
     /// `csr_res`: issue the successor through the enrollment service.
     async fn on_csr(&self, client_id: &str, payload: &[u8]) -> anyhow::Result<()> {
         let registry = &*self.state.registry;
-        let mut rotation = self.waiting_rotation(client_id).await?;
+        let rotation = self.waiting_rotation(client_id).await?;
         let response: CsrResponse = serde_json::from_slice(payload).context("csr_res payload")?;
         ensure_current(response.serial.as_deref(), &rotation)?;
         let old = self.device_certificate(client_id, &rotation.serial).await?;
@@ -696,24 +750,27 @@ impl Orchestrator {
             Err(e) => {
                 // Every server receives every device message, so another
                 // one may have issued for this same CSR a moment ago (the
-                // predecessor is no longer active) or be issuing now (a
+                // predecessor has a successor now) or be issuing now (a
                 // conflict). The record is then that server's to write:
                 // saving the copy read above would undo its `Issued`.
-                let read = rotation.clone();
-                let moved_on = matches!(e, EstError::Conflict { .. })
+                let renewed = matches!(e, EstError::Conflict { .. })
                     || registry
                         .find_by_serial(&rotation.serial)
                         .await?
-                        .is_none_or(|old| old.state != CertState::Active)
-                    || {
-                        // The device may answer again; the record keeps the
-                        // reason unless it changed since it was read.
-                        rotation.last_error = Some(e.to_string());
-                        rotation.updated_at = unix_now();
-                        !registry.replace_rotation(&read, rotation).await?
-                    };
-                if moved_on {
+                        .is_some_and(|old| old.successor.is_some());
+                if renewed {
                     self.duplicate(client_id, "csr_res", &e.to_string());
+                    return Ok(());
+                }
+                // The device may answer again; the record keeps the reason.
+                let reason = e.to_string();
+                let noted = transition(registry, rotation.clone(), same_step(&rotation), |r| {
+                    r.last_error = Some(reason.clone());
+                    r.updated_at = unix_now();
+                })
+                .await?;
+                if noted.is_none() {
+                    self.duplicate(client_id, "csr_res", &reason);
                     return Ok(());
                 }
                 anyhow::bail!("CSR refused: {e}");
@@ -724,12 +781,24 @@ impl Orchestrator {
             .await?
             .context("the issued certificate is not recorded")?;
         let now = unix_now();
-        rotation.state = RotationState::Issued;
-        rotation.new_serial = Some(enrolled.serial.clone());
-        rotation.updated_at = now;
-        rotation.next_attempt_at =
-            audit::next_attempt_at(now, rotation.attempts, self.config.retry_after);
-        registry.save_rotation(rotation).await?;
+        let retry_after = self.config.retry_after;
+        let recorded = transition(registry, rotation.clone(), same_step(&rotation), |r| {
+            r.state = RotationState::Issued;
+            r.new_serial = Some(enrolled.serial.clone());
+            r.updated_at = now;
+            r.next_attempt_at = audit::next_attempt_at(now, r.attempts, retry_after);
+        })
+        .await?;
+        if recorded.is_none() {
+            // Another server recorded (and sent) this successor first, or
+            // the rotation moved on (the device refused it meanwhile).
+            self.duplicate(
+                client_id,
+                "csr_res",
+                "the rotation record changed meanwhile",
+            );
+            return Ok(());
+        }
         self.send_certificate(client_id, &successor).await?;
         self.state.metrics.rotation_event("issued");
         tracing::info!(client_id, serial = %enrolled.serial, renewed = ?enrolled.renewed, "rotation: successor issued and sent");
@@ -752,7 +821,7 @@ impl Orchestrator {
     async fn on_ack(&self, client_id: &str, payload: &[u8]) -> anyhow::Result<()> {
         let registry = &*self.state.registry;
         let ack: CertificateAck = serde_json::from_slice(payload).context("crt_ack payload")?;
-        let mut rotation = registry
+        let rotation = registry
             .rotation(client_id)
             .await?
             .context("no rotation for this client")?;
@@ -791,12 +860,14 @@ impl Orchestrator {
             }
         }
         let now = unix_now();
-        let read = rotation.clone();
-        rotation.state = RotationState::Acknowledged;
-        rotation.last_error = None;
-        rotation.updated_at = now;
         let took = now - rotation.requested_at;
-        if !registry.replace_rotation(&read, rotation).await? {
+        let acknowledged = transition(registry, rotation.clone(), same_step(&rotation), |r| {
+            r.state = RotationState::Acknowledged;
+            r.last_error = None;
+            r.updated_at = now;
+        })
+        .await?;
+        if acknowledged.is_none() {
             // Another server recorded this acknowledgement (or the record
             // moved on); the retirement above is the same either way.
             self.duplicate(
@@ -816,7 +887,7 @@ impl Orchestrator {
         let registry = &*self.state.registry;
         let report: CertificateError =
             serde_json::from_slice(payload).context("crt_err payload")?;
-        let mut rotation = self.waiting_rotation(client_id).await?;
+        let rotation = self.waiting_rotation(client_id).await?;
         ensure_current(report.serial.as_deref(), &rotation)?;
         if let (RotationState::Issued, Some(new_serial)) = (rotation.state, &rotation.new_serial) {
             match registry
@@ -837,13 +908,15 @@ impl Orchestrator {
         }
         let now = unix_now();
         let error: String = report.error.chars().take(500).collect();
-        let read = rotation.clone();
-        rotation.state = RotationState::Failed;
-        rotation.last_error = Some(error.clone());
-        rotation.updated_at = now;
-        rotation.next_attempt_at =
-            audit::next_attempt_at(now, rotation.attempts, self.config.retry_after);
-        if !registry.replace_rotation(&read, rotation.clone()).await? {
+        let retry_after = self.config.retry_after;
+        let failed = transition(registry, rotation.clone(), same_step(&rotation), |r| {
+            r.state = RotationState::Failed;
+            r.last_error = Some(error.clone());
+            r.updated_at = now;
+            r.next_attempt_at = audit::next_attempt_at(now, r.attempts, retry_after);
+        })
+        .await?;
+        let Some(rotation) = failed else {
             // Another server recorded this report (and notifies).
             self.duplicate(
                 client_id,
@@ -851,7 +924,7 @@ impl Orchestrator {
                 "the rotation record changed meanwhile",
             );
             return Ok(());
-        }
+        };
         self.state.metrics.rotation_event("failed");
         tracing::warn!(client_id, serial = %rotation.serial, error = %error, attempts = rotation.attempts, "rotation failed on the device; the old certificate stays active");
         if let Some(webhook) = &self.webhook {
