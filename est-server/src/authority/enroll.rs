@@ -7,6 +7,7 @@
 //! [`EnrollService::enroll`]. Nothing here knows about HTTP.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ca_backends::{Binding, CaBackend, IssueRequest, Profile};
 use der::{Decode, Encode};
@@ -33,6 +34,8 @@ use crate::registry::{
 
 /// How long a device reservation holds before another request may take over.
 const RESERVATION_SECS: i64 = 60;
+/// The longest pause between retries of a reservation's release.
+const RELEASE_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// One profile a label offers, with the CA that issues under it.
 pub struct Variant {
@@ -673,12 +676,33 @@ impl EnrollService {
     }
 
     /// Gives a reservation back after a failure, leaving the token usable.
+    /// When the registry cannot be reached (the failure was often that), the
+    /// release is retried in the background until it is back or the
+    /// reservation has lapsed anyway, so the device's retry is not answered
+    /// 409 for the rest of the lease.
     async fn release(&self, reservation: &Option<(String, String)>) {
-        if let Some((id, owner)) = reservation {
-            if let Err(e) = self.registry.release_device(id, owner).await {
-                tracing::warn!(device = %id, error = %e, "could not release reservation; it expires by itself");
+        let Some((id, owner)) = reservation else {
+            return;
+        };
+        let Err(e) = self.registry.release_device(id, owner).await else {
+            return;
+        };
+        tracing::warn!(device = %id, error = %e, "could not release reservation; retrying in the background");
+        let (registry, id, owner) = (self.registry.clone(), id.clone(), owner.clone());
+        tokio::spawn(async move {
+            let give_up =
+                tokio::time::Instant::now() + Duration::from_secs(RESERVATION_SECS as u64);
+            let mut pause = Duration::from_millis(250);
+            while tokio::time::Instant::now() + pause < give_up {
+                tokio::time::sleep(pause).await;
+                if registry.release_device(&id, &owner).await.is_ok() {
+                    tracing::info!(device = %id, "reservation released");
+                    return;
+                }
+                pause = (pause * 2).min(RELEASE_PAUSE_MAX);
             }
-        }
+            tracing::warn!(device = %id, "could not release reservation; it expires by itself");
+        });
     }
 
     async fn approval(
