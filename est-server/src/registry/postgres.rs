@@ -161,7 +161,6 @@ impl std::fmt::Debug for PostgresRegistry {
     }
 }
 
-/// Rewrites SQLite's `?N` placeholders of the shared SQL to PostgreSQL's `$N`.
 /// A statement parameter owned by its caller.
 type Value = Box<dyn ToSql + Sync + Send>;
 
@@ -188,6 +187,7 @@ fn params_of(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
         .collect()
 }
 
+/// Rewrites SQLite's `?N` placeholders of the shared SQL to PostgreSQL's `$N`.
 pub(super) fn numbered(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();

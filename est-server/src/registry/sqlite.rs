@@ -1053,8 +1053,6 @@ fn read_rotation(row: &rusqlite::Row<'_>) -> rusqlite::Result<Rotation> {
     })
 }
 
-/// Runs one statement through the connection's prepared-statement cache
-/// (the profile showed SQL parsing at ~3% of the server's CPU otherwise).
 /// The columns of [`ROTATION_COLUMNS`] for `rotation`, in order.
 fn rotation_values(rotation: &Rotation) -> [rusqlite::types::Value; 9] {
     use rusqlite::types::Value;
@@ -1072,6 +1070,8 @@ fn rotation_values(rotation: &Rotation) -> [rusqlite::types::Value; 9] {
     ]
 }
 
+/// Runs one statement through the connection's prepared-statement cache
+/// (the profile showed SQL parsing at ~3% of the server's CPU otherwise).
 fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql)?.execute(params)
 }
