@@ -398,8 +398,12 @@ pub struct Orchestrator {
 
 /// The registry lease whose holder runs the scheduled audit.
 pub const AUDIT_LEASE: &str = "rotation-audit";
-/// How often the audit lease is renewed (or, by the others, tried).
+/// How often the holder renews the audit lease.
 pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// How often the other servers try to take it (one conditional write that
+/// fails while the lease lasts), so a dead holder's lease is taken within a
+/// second of its end.
+pub const LEASE_TRY: Duration = Duration::from_secs(1);
 /// How long a lease lasts unless renewed.
 pub const LEASE_TERM: Duration = Duration::from_secs(30);
 
@@ -415,11 +419,13 @@ fn lease_holder() -> String {
 }
 
 /// Takes and renews the audit lease for `holder`; `leading` says whether it
-/// holds it. A registry error counts as not leading (the lease may end).
+/// holds it, and `gained` is notified when it comes to this server. A
+/// registry error counts as not leading (the lease may end).
 async fn keep_lease(
     registry: Arc<dyn crate::registry::Registry>,
     holder: String,
     leading: Arc<std::sync::atomic::AtomicBool>,
+    gained: Arc<tokio::sync::Notify>,
 ) {
     loop {
         let until = unix_now() + LEASE_TERM.as_secs() as i64;
@@ -433,11 +439,12 @@ async fn keep_lease(
         if now_leading != leading.swap(now_leading, Ordering::AcqRel) {
             if now_leading {
                 tracing::info!(holder = %holder, "rotation: this server leads the audit");
+                gained.notify_one();
             } else {
                 tracing::info!(holder = %holder, "rotation: another server leads the audit");
             }
         }
-        tokio::time::sleep(LEASE_RENEW).await;
+        tokio::time::sleep(if now_leading { LEASE_RENEW } else { LEASE_TRY }).await;
     }
 }
 
@@ -604,15 +611,18 @@ impl Orchestrator {
     /// servers sharing a registry, only the holder of the [`AUDIT_LEASE`]
     /// audits and publishes `csr_req` (every server handles answers). The
     /// lease is renewed every [`LEASE_RENEW`] by a task of its own, so a long
-    /// audit keeps it; it ends [`LEASE_TERM`] after its last renewal (the others
-    /// take it over within [`LEASE_TERM`] + [`LEASE_RENEW`] of its holder stopping).
+    /// audit keeps it; it ends [`LEASE_TERM`] after its last renewal, so at
+    /// most that long after its holder stopped, and the others (trying every
+    /// [`LEASE_TRY`]) take it over then and audit at once.
     async fn audit_schedule(self: Arc<Self>) {
         let holder = lease_holder();
         let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gained = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(keep_lease(
             self.state.registry.clone(),
             holder,
             leading.clone(),
+            gained.clone(),
         ));
         // A short pause lets the first connection come up (and the lease be taken).
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -629,7 +639,10 @@ impl Orchestrator {
                     tracing::warn!(error = %e, "rotation: audit failed; the next one retries");
                 }
             }
-            tokio::time::sleep(check).await;
+            tokio::select! {
+                _ = tokio::time::sleep(check) => {}
+                _ = gained.notified() => {}
+            }
         }
     }
 
