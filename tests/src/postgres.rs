@@ -315,18 +315,28 @@ impl Postgres {
 
     /// Opens a transaction in database `name`, runs `sql` in it (a `LOCK
     /// TABLE`, say) and keeps it open until [`Held::release`] or drop.
+    /// Returns once `sql` has run (the lock is held).
     pub fn hold(&self, name: &str, sql: &str) -> Held {
         let mut child = self
             .command("psql")
             .args(["-q", "-v", "ON_ERROR_STOP=1", &self.url(name)])
             .current_dir(self.data.parent().unwrap_or(Path::new("/")))
             .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            // Its connection's end when a test stops the cluster is no news.
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("psql: {e}"));
         let stdin = child.stdin.as_mut().unwrap();
-        writeln!(stdin, "BEGIN;\n{sql};").unwrap();
+        writeln!(stdin, "BEGIN;\n{sql};\n\\echo held").unwrap();
         stdin.flush().unwrap();
+        let mut done = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut done,
+        )
+        .unwrap();
+        assert_eq!(done.trim(), "held", "psql {sql} did not run");
         Held { child: Some(child) }
     }
 

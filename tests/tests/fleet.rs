@@ -895,21 +895,11 @@ async fn enrollment_rides_out_a_postgres_restart() {
     };
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let stopping = load_started.elapsed();
-    tokio::task::spawn_blocking({
-        let pg = pg.clone();
-        move || pg.stop()
-    })
-    .await
-    .unwrap();
+    on_cluster(&pg, Postgres::stop).await;
     let down = load_started.elapsed();
     eprintln!("database stopped at {stopping:?} (down at {down:?})");
     tokio::time::sleep(Duration::from_secs(4)).await;
-    tokio::task::spawn_blocking({
-        let pg = pg.clone();
-        move || pg.start_again()
-    })
-    .await
-    .unwrap();
+    on_cluster(&pg, Postgres::start_again).await;
     let back = Instant::now();
     let up = load_started.elapsed();
     eprintln!("database up again at {up:?}");
@@ -1103,26 +1093,18 @@ async fn a_reservation_left_by_a_database_outage_is_given_back() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while waiting_at_certificates(&pg, "reservation") == 0 {
         assert!(
-            Instant::now() < deadline,
-            "the enrollment never reached the certificates table"
+            Instant::now() < deadline && !request.is_finished(),
+            "the enrollment never waited at the certificates table (finished: {}):\n{}",
+            request.is_finished(),
+            server.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Within the statement timeout (5 s), so the request fails by the outage.
-    tokio::task::spawn_blocking({
-        let pg = pg.clone();
-        move || pg.stop()
-    })
-    .await
-    .unwrap();
+    on_cluster(&pg, Postgres::stop).await;
     drop(held);
     assert_eq!(request.await.unwrap(), 503, "the outage answers 503");
-    tokio::task::spawn_blocking({
-        let pg = pg.clone();
-        move || pg.start_again()
-    })
-    .await
-    .unwrap();
+    on_cluster(&pg, Postgres::start_again).await;
 
     let back = Instant::now();
     let mut seen = Vec::new();
@@ -1143,6 +1125,14 @@ async fn a_reservation_left_by_a_database_outage_is_given_back() {
         "the reserved token enrolls {:?} after the database is back ({seen:?})",
         back.elapsed()
     );
+}
+
+/// Runs `step` (`Postgres::stop`, say: it waits for `pg_ctl`) off the runtime.
+async fn on_cluster(pg: &Arc<Postgres>, step: fn(&Postgres)) {
+    let pg = pg.clone();
+    tokio::task::spawn_blocking(move || step(&pg))
+        .await
+        .unwrap();
 }
 
 /// Blocks every write to the certificates table of database `name` until
