@@ -528,6 +528,10 @@ fn repeated_and_stale_device_answers_change_nothing() {
     let listing = server.admin(&["certs", "list"]);
     assert_eq!(listing.matches("CN=rot-dup").count(), 2, "{listing}");
     assert_eq!(cert_state(&server, &issued), "active");
+    // Sent again as it was recorded, not recorded a second time.
+    let log = server.log();
+    assert!(log.contains("rotation: successor sent again"), "{log}");
+    assert_eq!(log.matches("successor issued and sent").count(), 1, "{log}");
 
     // The current error report undoes the renewal.
     say(

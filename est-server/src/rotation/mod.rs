@@ -418,16 +418,42 @@ fn lease_holder() -> String {
     format!("{host}/{}/{}", std::process::id(), hex::encode(nonce))
 }
 
-/// Takes and renews the audit lease for `holder`; `leading` says whether it
-/// holds it, and `gained` is notified when it comes to this server. A
-/// registry error counts as not leading (the lease may end).
+/// Whether this server holds the audit lease, by its own clock: until a
+/// little before the term that its last successful renewal asked for (from
+/// when it asked), so a renewal that hangs or a paused process stops
+/// auditing before another server can take the lease over.
+#[derive(Default)]
+struct Lead(std::sync::Mutex<Option<tokio::time::Instant>>);
+
+/// Room on this server's side of a lease's end (the registry counts whole
+/// seconds from when it was asked).
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
+
+impl Lead {
+    fn set(&self, until: Option<tokio::time::Instant>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = until;
+    }
+
+    fn holds(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| tokio::time::Instant::now() < until)
+    }
+}
+
+/// Takes and renews the audit lease for `holder`, keeping `lead` current;
+/// `gained` is notified when the lease comes to this server. A registry
+/// error counts as not leading (the lease may end).
 async fn keep_lease(
     registry: Arc<dyn crate::registry::Registry>,
     holder: String,
-    leading: Arc<std::sync::atomic::AtomicBool>,
+    lead: Arc<Lead>,
     gained: Arc<tokio::sync::Notify>,
 ) {
+    let mut was_leading = false;
     loop {
+        let asked = tokio::time::Instant::now();
         let until = unix_now() + LEASE_TERM.as_secs() as i64;
         let now_leading = match registry.acquire_lease(AUDIT_LEASE, &holder, until).await {
             Ok(held) => held,
@@ -436,13 +462,15 @@ async fn keep_lease(
                 false
             }
         };
-        if now_leading != leading.swap(now_leading, Ordering::AcqRel) {
+        lead.set(now_leading.then(|| asked + LEASE_TERM - LEASE_MARGIN));
+        if now_leading != was_leading {
             if now_leading {
                 tracing::info!(holder = %holder, "rotation: this server leads the audit");
                 gained.notify_one();
             } else {
                 tracing::info!(holder = %holder, "rotation: another server leads the audit");
             }
+            was_leading = now_leading;
         }
         tokio::time::sleep(if now_leading { LEASE_RENEW } else { LEASE_TRY }).await;
     }
@@ -616,12 +644,12 @@ impl Orchestrator {
     /// [`LEASE_TRY`]) take it over then and audit at once.
     async fn audit_schedule(self: Arc<Self>) {
         let holder = lease_holder();
-        let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lead = Arc::new(Lead::default());
         let gained = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(keep_lease(
             self.state.registry.clone(),
             holder,
-            leading.clone(),
+            lead.clone(),
             gained.clone(),
         ));
         // A short pause lets the first connection come up (and the lease be taken).
@@ -630,7 +658,7 @@ impl Orchestrator {
         let mut last_audit: Option<tokio::time::Instant> = None;
         loop {
             let due = last_audit.is_none_or(|at| at.elapsed() >= self.config.audit_interval);
-            if !leading.load(Ordering::Acquire) {
+            if !lead.holds() {
                 // Audit at once when the lead comes (back) to this server.
                 last_audit = None;
             } else if due {
@@ -793,6 +821,17 @@ impl Orchestrator {
             .find_by_serial(&enrolled.serial)
             .await?
             .context("the issued certificate is not recorded")?;
+        if rotation.state == RotationState::Issued
+            && rotation.new_serial.as_deref() == Some(enrolled.serial.as_str())
+        {
+            // The successor recorded already, asked for again (the device
+            // lost the crt_res, or this server read the record just after
+            // another one recorded and sent it): sent again, nothing rewritten.
+            self.send_certificate(client_id, &successor).await?;
+            self.state.metrics.rotation_event("resent");
+            tracing::info!(client_id, serial = %enrolled.serial, "rotation: successor sent again");
+            return Ok(());
+        }
         let now = unix_now();
         let retry_after = self.config.retry_after;
         let recorded = transition(registry, rotation.clone(), same_step(&rotation), |r| {
@@ -803,14 +842,24 @@ impl Orchestrator {
         })
         .await?;
         if recorded.is_none() {
-            // Another server recorded (and sent) this successor first, or
-            // the rotation moved on (the device refused it meanwhile).
-            self.duplicate(
-                client_id,
-                "csr_res",
-                "the rotation record changed meanwhile",
+            let now_recorded = registry.rotation(client_id).await?;
+            if now_recorded.as_ref().is_some_and(|r| {
+                r.state != RotationState::Requested
+                    && r.new_serial.as_deref() == Some(enrolled.serial.as_str())
+            }) {
+                // Another server recorded (and sent) this successor first.
+                self.duplicate(
+                    client_id,
+                    "csr_res",
+                    "the rotation record changed meanwhile",
+                );
+                return Ok(());
+            }
+            anyhow::bail!(
+                "successor {} was issued but the rotation record moved on meanwhile ({}); it is not sent",
+                enrolled.serial,
+                now_recorded.map_or("gone".to_owned(), |r| r.state.to_string())
             );
-            return Ok(());
         }
         self.send_certificate(client_id, &successor).await?;
         self.state.metrics.rotation_event("issued");
@@ -1037,5 +1086,26 @@ impl Orchestrator {
             .await
             .context("publish crt_res")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_lead_ends_at_its_own_deadline_without_a_renewal() {
+        let lead = Lead::default();
+        assert!(!lead.holds(), "nobody leads before a lease was taken");
+        lead.set(Some(tokio::time::Instant::now() + Duration::from_millis(100)));
+        assert!(lead.holds());
+        // No renewal came (it hangs, or the process was paused): the lead
+        // ends by this server's clock, before the registry's lease does.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!lead.holds());
+        lead.set(Some(tokio::time::Instant::now() + LEASE_TERM - LEASE_MARGIN));
+        assert!(lead.holds());
+        lead.set(None);
+        assert!(!lead.holds(), "a failed renewal ends the lead at once");
     }
 }
