@@ -695,7 +695,8 @@ impl EnrollService {
             let mut pause = Duration::from_millis(250);
             while tokio::time::Instant::now() + pause < give_up {
                 tokio::time::sleep(pause).await;
-                if registry.release_device(&id, &owner).await.is_ok() {
+                let release = registry.release_device(&id, &owner);
+                if let Ok(Ok(())) = tokio::time::timeout(RELEASE_PAUSE_MAX * 2, release).await {
                     tracing::info!(device = %id, "reservation released");
                     return;
                 }
