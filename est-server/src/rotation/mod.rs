@@ -1097,13 +1097,17 @@ mod tests {
     async fn the_lead_ends_at_its_own_deadline_without_a_renewal() {
         let lead = Lead::default();
         assert!(!lead.holds(), "nobody leads before a lease was taken");
-        lead.set(Some(tokio::time::Instant::now() + Duration::from_millis(100)));
+        lead.set(Some(
+            tokio::time::Instant::now() + Duration::from_millis(100),
+        ));
         assert!(lead.holds());
         // No renewal came (it hangs, or the process was paused): the lead
         // ends by this server's clock, before the registry's lease does.
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(!lead.holds());
-        lead.set(Some(tokio::time::Instant::now() + LEASE_TERM - LEASE_MARGIN));
+        lead.set(Some(
+            tokio::time::Instant::now() + LEASE_TERM - LEASE_MARGIN,
+        ));
         assert!(lead.holds());
         lead.set(None);
         assert!(!lead.holds(), "a failed renewal ends the lead at once");
