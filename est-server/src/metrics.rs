@@ -17,7 +17,6 @@
 //!   `busy` (admin listener over `limits.admin_max_connections`).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -278,19 +277,18 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `address` (plain HTTP;
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` (plain HTTP;
 /// bind it to a private interface). Prints `admin listening on <addr>`.
 ///
 /// Requests get `limits.header_timeout` to arrive (also the idle limit) and
 /// answers `limits.write_timeout` to make progress; over
 /// `limits.admin_max_connections` new connections are closed at once.
 pub async fn serve_admin(
-    address: SocketAddr,
+    listener: TcpListener,
     metrics: Arc<Metrics>,
     registry: Arc<dyn Registry>,
     limits: Limits,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(address).await?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "admin listener (metrics, health)");
     println!("admin listening on {local}");

@@ -298,8 +298,11 @@ pub async fn run(
 
     if let Some(address) = config.admin_listen {
         let (metrics, registry) = (metrics.clone(), state.registry.clone());
-        let listener =
-            crate::metrics::serve_admin(address, metrics, registry, config.limits.clone());
+        // Bound now, like the EST port: a taken port stops the start.
+        let bound = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (admin_listen)"))?;
+        let listener = crate::metrics::serve_admin(bound, metrics, registry, config.limits.clone());
         tokio::spawn(async move {
             if let Err(e) = listener.await {
                 tracing::error!(error = %e, "admin listener failed");
@@ -325,8 +328,13 @@ pub async fn run(
         ));
     }
     if let Some(address) = config.revocation.listen {
+        // Bound now, so a taken port stops the start and the listener is
+        // up before the server says it is ready.
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} ([revocation] listen)"))?;
         let plain = crate::frontend::status::serve_plain(
-            address,
+            listener,
             state.clone(),
             config.revocation.max_connections,
         );

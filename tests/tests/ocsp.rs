@@ -379,3 +379,57 @@ fn the_plain_listener_caps_connections_and_times_out_idle_clients() {
     assert_eq!(response.status, 200);
     drop(server);
 }
+
+/// A taken port for the plain OCSP/CRL listener or the admin listener
+/// stops the start with a message naming it. Both were bound in the
+/// background: the server said it was ready, served EST, and only logged
+/// that the other listener failed.
+#[test]
+fn a_taken_listener_port_stops_the_start() {
+    starting_on_a_taken_port_fails(
+        |port| config_with(&format!("[revocation]\nlisten = \"127.0.0.1:{port}\"\n")),
+        "([revocation] listen)",
+    );
+    starting_on_a_taken_port_fails(
+        |port| format!("admin_listen = \"127.0.0.1:{port}\"\n{}", config_with("")),
+        "(admin_listen)",
+    );
+}
+
+/// Starts `serve --dev` with `config(port)` while `port` is taken: the
+/// start must fail within 30 s, its stderr naming the port and `what`.
+fn starting_on_a_taken_port_fails(config: impl Fn(u16) -> String, what: &str) {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("est-server.toml"),
+        config(port).replace("@BOOTSTRAP@", "[]"),
+    )
+    .unwrap();
+    let mut child = Command::new(server_binary())
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started although port {port} {what} is taken");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port} {what}")),
+        "{stderr}"
+    );
+}

@@ -7,7 +7,6 @@
 //! [`crate::authority::revocation`]'s.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -146,15 +145,15 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     response
 }
 
-/// Serves OCSP and the CRLs over plain HTTP on `address` (`[ocsp] listen`)
-/// with the EST port's header and write timeouts, at most
-/// `max_connections` at once (the rest are closed at once).
+/// Serves OCSP and the CRLs over plain HTTP on `listener` (bound to
+/// `[revocation] listen` before the server reports itself ready) with the
+/// EST port's header and write timeouts, at most `max_connections` at once
+/// (the rest are closed at once).
 pub async fn serve_plain(
-    address: SocketAddr,
+    listener: TcpListener,
     state: Arc<AppState>,
     max_connections: usize,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(address).await?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "OCSP/CRL listener (plain HTTP)");
     println!("ocsp listening on {local}");
