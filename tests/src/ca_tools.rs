@@ -3,7 +3,8 @@
 //! offline root made and operated by openssl.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::{openssl, server_binary};
 
@@ -28,11 +29,38 @@ pub fn ok(output: Output) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// A `serve --dev` on `dir` that must fail at start: returns its stderr.
+/// A `serve --dev` on `dir` (on a free port) that must fail at start within
+/// 30 s: returns its stderr. A server that starts after all is killed and
+/// the test fails (instead of waiting for it for ever).
 pub fn start_fails_in(dir: &Path, env: &[(&str, String)]) -> String {
-    let output = est_server_in(dir, &["serve", "--dev"], env);
-    assert!(!output.status.success(), "the server started");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    let mut child = Command::new(server_binary())
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server started:\n{}", stderr.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "the server exited cleanly");
+    stderr.join().unwrap()
 }
 
 /// `openssl verify` of `cert` against the CA in `ca_dir` (root trusted,
