@@ -333,18 +333,11 @@ pub async fn confirmed_audit(
             if read.state == RotationState::Requested {
                 // Unless the device's answer, handled by another server,
                 // moved the record on meanwhile: that one stands.
-                let serial = read.serial.clone();
-                transition(
-                    registry,
-                    read,
-                    |fresh| fresh.state == RotationState::Requested && fresh.serial == serial,
-                    |r| {
-                        r.attempts += 1;
-                        r.updated_at = now;
-                        r.next_attempt_at =
-                            audit::next_attempt_at(now, r.attempts, config.retry_after);
-                    },
-                )
+                transition(registry, read.clone(), same_step(&read), |r| {
+                    r.attempts += 1;
+                    r.updated_at = now;
+                    r.next_attempt_at = audit::next_attempt_at(now, r.attempts, config.retry_after);
+                })
                 .await?;
             }
         }
